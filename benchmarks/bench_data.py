@@ -1,0 +1,69 @@
+"""Tokenizing + caching speed on a WikiText-103-sized corpus, and cached load time.
+
+The corpus is WikiText-2's train split repeated (default 50 times = 540 MB of uncompressed
+text, the size of WikiText-103's train split), written to a temporary directory together with
+the real valid/test splits. Prints seconds and MB/s for the build and for loading the cache.
+
+    python benchmarks/bench_data.py              # the full 540 MB
+    python benchmarks/bench_data.py --repeat 2   # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from gcnn.data import find_split_files, prepare_corpus, read_chunks, resolve_corpus
+
+
+def build_corpus(source: Path, target: Path, repeat: int) -> int:
+    """Write source's train repeated `repeat` times (plus valid/test) as plain text."""
+    files = find_split_files(source)
+    train = "".join(read_chunks(files["train"])).encode("utf-8")
+    with open(target / "train.txt", "wb") as f:
+        for _ in range(repeat):
+            f.write(train)
+    for split in ("valid", "test"):
+        (target / f"{split}.txt").write_bytes("".join(read_chunks(files[split])).encode("utf-8"))
+    return sum((target / f"{s}.txt").stat().st_size for s in ("train", "valid", "test"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="wikitext-2", help="corpus whose train is repeated")
+    parser.add_argument("--repeat", type=int, default=50, help="50 x WikiText-2 train = 540 MB")
+    parser.add_argument("--tokenizer", default="word", choices=["word", "sentencepiece"])
+    parser.add_argument("--workdir", help="where to write the corpus (default: a temp dir)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="gcnn-bench-", dir=args.workdir))
+    try:
+        size = build_corpus(resolve_corpus(args.source), work, args.repeat)
+        mb = size / 1e6
+        print(f"corpus: {mb:.0f} MB of text ({args.repeat} x {args.source} train + valid/test)")
+
+        start = time.perf_counter()
+        corpus = prepare_corpus(work, args.tokenizer, cache_dir=work / "cache")
+        build = time.perf_counter() - start
+        tokens = sum(s["tokens"] for s in corpus.stats.values())
+        print(
+            f"build : {build:7.2f} s  {mb / build:7.1f} MB/s  "
+            f"{tokens / build / 1e6:6.2f} M tokens/s"
+        )
+        print(f"        {tokens:,} tokens, vocabulary {corpus.tokenizer.vocab_size:,}")
+        del corpus
+
+        start = time.perf_counter()
+        corpus = prepare_corpus(work, args.tokenizer, cache_dir=work / "cache")
+        load = time.perf_counter() - start
+        assert sum(s["tokens"] for s in corpus.stats.values()) == tokens
+        print(f"load  : {load:7.3f} s  {mb / load:7.0f} MB/s (cached; memory-mapped)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

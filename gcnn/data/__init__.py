@@ -1,0 +1,33 @@
+"""gcnn.data: corpora on disk -> tokenizers -> cached int32 token streams -> exact batches.
+
+See docs/design.md ("gcnn.data") for the contract and docs/data.md for the user guide.
+"""
+
+from gcnn.data.batches import IGNORE_INDEX, BlockBatcher, SentenceBatcher, StreamBatcher
+from gcnn.data.cache import atomic_write
+from gcnn.data.corpus import SPLITS, find_split_files, read_chunks, resolve_corpus
+from gcnn.data.prepare import Corpus, prepare_corpus
+from gcnn.data.tokenizer import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    WordTokenizer,
+    tokenizer_from_state,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SPLITS",
+    "BlockBatcher",
+    "Corpus",
+    "SentenceBatcher",
+    "SentencePieceTokenizer",
+    "StreamBatcher",
+    "Tokenizer",
+    "WordTokenizer",
+    "atomic_write",
+    "find_split_files",
+    "prepare_corpus",
+    "read_chunks",
+    "resolve_corpus",
+    "tokenizer_from_state",
+]

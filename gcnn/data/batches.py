@@ -1,0 +1,255 @@
+"""Turning a token stream into (inputs, targets) batches, exactly.
+
+The stream convention (docs/design.md): a split is `tokens[0..N)`, and target `tokens[j]` is
+predicted from `x[0..j]` where `x = [eos] + tokens`. So the input aligned with target j is x[j],
+which is `eos` for j = 0 and `tokens[j - 1]` otherwise. Every batcher here scores each of the N
+targets exactly once per epoch (across all ranks); everything else is IGNORE_INDEX.
+
+- BlockBatcher: GCNN training and exact evaluation. Blocks of `block_size` targets, each preceded
+  by up to `context` tokens that are fed but not scored, so convolutions see history across block
+  edges. Shuffled by (seed, epoch), dealt round-robin to data-parallel ranks.
+- StreamBatcher: LSTM training (truncated BPTT). B contiguous rows per rank; row r of batch i+1
+  continues row r of batch i, so the recurrent state can be carried.
+- SentenceBatcher: scoring. One line per sequence, conditioned on a leading eos, sorted by length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+def _as_numpy(tokens) -> np.ndarray:
+    """Accept a numpy array/memmap, a torch tensor or a list; never copy a memmap."""
+    if isinstance(tokens, torch.Tensor):
+        tokens = tokens.detach().cpu().numpy()
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+    return tokens
+
+
+def _check_sizes(block_size: int, batch_size: int, rank: int, world_size: int) -> None:
+    if block_size < 1 or batch_size < 1:
+        raise ValueError(f"block_size and batch_size must be >= 1 (got {block_size}, {batch_size})")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size (got rank={rank}, world_size={world_size})")
+
+
+def _stream_inputs(tokens: np.ndarray, eos_id: int, start: int, end: int) -> np.ndarray:
+    """x[start:end] for x = [eos] + tokens, without materialising x."""
+    if start >= end:
+        return tokens[:0]
+    if start == 0:
+        return np.concatenate(([eos_id], tokens[: end - 1])).astype(tokens.dtype, copy=False)
+    return tokens[start - 1 : end - 1]
+
+
+class BlockBatcher:
+    """Blocks of `block_size` targets with `context` unscored tokens of history in front.
+
+    Block b scores targets [b*T, min((b+1)*T, N)). Its window starts at w = max(0, b*T - context);
+    the row holds inputs x[w:end] and targets tokens[w:end] with the first b*T - w set to
+    IGNORE_INDEX, right-padded to context + T (inputs eos, targets IGNORE_INDEX). One block per
+    row. With shuffle=True the block order is a permutation drawn from (seed, epoch) only, so a
+    resumed run sees the same order. Blocks are dealt round-robin to ranks, and every rank is
+    padded with all-IGNORE rows to the same number of rows, so every rank runs the same number of
+    batches (DistributedDataParallel hangs otherwise).
+    """
+
+    def __init__(
+        self,
+        tokens,
+        eos_id: int,
+        block_size: int,
+        batch_size: int,
+        context: int = 0,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        _check_sizes(block_size, batch_size, rank, world_size)
+        if context < 0:
+            raise ValueError(f"context must be >= 0 (got {context})")
+        self.tokens = _as_numpy(tokens)
+        self.eos_id = int(eos_id)
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.context = context
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_targets = len(self.tokens)  # N: every one is scored once per epoch
+        self.num_blocks = math.ceil(self.num_targets / block_size)
+        self.rows_per_rank = math.ceil(self.num_blocks / world_size)
+        self.width = context + block_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows_per_rank / self.batch_size)
+
+    def block_order(self, epoch: int) -> np.ndarray:
+        """All blocks in the order this epoch visits them (before dealing to ranks)."""
+        if not self.shuffle:
+            return np.arange(self.num_blocks)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
+
+    def rank_blocks(self, epoch: int) -> np.ndarray:
+        """This rank's blocks for the epoch, padded with -1 (an all-IGNORE row) to rows_per_rank."""
+        mine = self.block_order(epoch)[self.rank :: self.world_size]
+        pad = np.full(self.rows_per_rank - len(mine), -1, dtype=np.int64)
+        return np.concatenate([mine, pad])
+
+    def batch_blocks(self, epoch: int, index: int) -> np.ndarray:
+        """Block ids of batch `index` (rows; -1 is padding)."""
+        return self.rank_blocks(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def num_batch_targets(self, epoch: int, index: int) -> int:
+        """Scored targets in batch `index`: known without building it (for loss normalisation)."""
+        blocks = self.batch_blocks(epoch, index)
+        blocks = blocks[blocks >= 0]
+        ends = np.minimum((blocks + 1) * self.block_size, self.num_targets)
+        return int((ends - blocks * self.block_size).sum())
+
+    def make_row(self, block: int, inputs: np.ndarray, targets: np.ndarray) -> None:
+        """Fill one (already eos/IGNORE-filled) row with block `block`."""
+        if block < 0:
+            return
+        start = block * self.block_size
+        end = min(start + self.block_size, self.num_targets)
+        window = max(0, start - self.context)
+        n = end - window
+        inputs[:n] = _stream_inputs(self.tokens, self.eos_id, window, end)
+        targets[start - window : n] = self.tokens[start:end]
+
+    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = self.batch_blocks(epoch, index)
+        inputs = np.full((len(blocks), self.width), self.eos_id, dtype=np.int64)
+        targets = np.full((len(blocks), self.width), IGNORE_INDEX, dtype=np.int64)
+        for row, block in enumerate(blocks):
+            self.make_row(int(block), inputs[row], targets[row])
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def epoch(
+        self, epoch: int, start_batch: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's batches of `epoch`, starting at batch `start_batch` (resume)."""
+        for index in range(start_batch, len(self)):
+            yield self.batch(epoch, index)
+
+    def __iter__(self):
+        return self.epoch(0)
+
+
+class StreamBatcher:
+    """B contiguous rows per rank, cut into (B, block_size) chunks for truncated BPTT.
+
+    The N targets are split into batch_size * world_size rows of L = ceil(N / rows) targets
+    (the last rows may be shorter or empty); this rank owns rows [rank*B, (rank+1)*B). Batch i
+    holds positions [i*T, (i+1)*T) of every row, so row r of batch i+1 continues row r of
+    batch i. The tail is padded with IGNORE_INDEX targets (and eos inputs). The order is fixed:
+    a stream is not shuffled, which is what makes carrying the state meaningful.
+    """
+
+    def __init__(
+        self,
+        tokens,
+        eos_id: int,
+        block_size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        _check_sizes(block_size, batch_size, rank, world_size)
+        self.tokens = _as_numpy(tokens)
+        self.eos_id = int(eos_id)
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed  # kept for signature parity with BlockBatcher; the stream is not shuffled
+        self.rank = rank
+        self.world_size = world_size
+        self.num_targets = len(self.tokens)
+        self.row_length = math.ceil(self.num_targets / (batch_size * world_size))
+
+    def __len__(self) -> int:
+        return math.ceil(self.row_length / self.block_size)
+
+    def _row_span(self, row: int) -> tuple[int, int]:
+        """Targets [start, end) of global row `row`."""
+        start = min(row * self.row_length, self.num_targets)
+        return start, min(start + self.row_length, self.num_targets)
+
+    def num_batch_targets(self, epoch: int, index: int) -> int:
+        total = 0
+        for r in range(self.batch_size):
+            start, end = self._row_span(self.rank * self.batch_size + r)
+            lo = start + index * self.block_size
+            total += max(0, min(lo + self.block_size, end) - lo)
+        return total
+
+    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self.block_size
+        inputs = np.full((self.batch_size, T), self.eos_id, dtype=np.int64)
+        targets = np.full((self.batch_size, T), IGNORE_INDEX, dtype=np.int64)
+        for r in range(self.batch_size):
+            start, end = self._row_span(self.rank * self.batch_size + r)
+            lo = start + index * T
+            hi = min(lo + T, end)
+            if hi > lo:
+                inputs[r, : hi - lo] = _stream_inputs(self.tokens, self.eos_id, lo, hi)
+                targets[r, : hi - lo] = self.tokens[lo:hi]
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0):
+        """Yield the batches in stream order, from `start_batch` (resume; the state restarts)."""
+        for index in range(start_batch, len(self)):
+            yield self.batch(epoch, index)
+
+    def __iter__(self):
+        return self.epoch(0)
+
+
+class SentenceBatcher:
+    """One sentence per row: inputs = [eos] + ids[:-1], targets = ids, right-padded.
+
+    `sentences` are id lists as `Tokenizer.encode` returns them (ending in eos). Each is scored
+    independently of the others. Rows are grouped by length (longest first) so little compute
+    goes to padding; every batch also yields the sentences' original indices so callers can put
+    the scores back in input order.
+    """
+
+    def __init__(self, sentences: Sequence[Sequence[int]], eos_id: int, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self.sentences = [list(map(int, s)) for s in sentences]
+        self.eos_id = int(eos_id)
+        self.batch_size = batch_size
+        # Stable sort: equal lengths keep their input order, so batches are deterministic.
+        self.order = sorted(range(len(self.sentences)), key=lambda i: -len(self.sentences[i]))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sentences) / self.batch_size)
+
+    @property
+    def num_targets(self) -> int:
+        return sum(len(s) for s in self.sentences)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for b in range(len(self)):
+            index = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+            width = max(1, max(len(self.sentences[i]) for i in index))
+            inputs = torch.full((len(index), width), self.eos_id, dtype=torch.long)
+            targets = torch.full((len(index), width), IGNORE_INDEX, dtype=torch.long)
+            for row, i in enumerate(index):
+                ids = self.sentences[i]
+                if ids:
+                    inputs[row, : len(ids)] = torch.tensor([self.eos_id] + ids[:-1])
+                    targets[row, : len(ids)] = torch.tensor(ids)
+            yield inputs, targets, torch.tensor(index, dtype=torch.long)

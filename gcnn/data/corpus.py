@@ -1,0 +1,144 @@
+"""Finding a corpus on disk and reading its text fast, with errors a user can act on.
+
+A corpus is a directory holding `wiki.{train,valid,test}.tokens` (the WikiText release) or
+`{train,valid,test}.txt`, each optionally compressed (.xz, .gz, .bz2) and read without unpacking
+to disk. Text is read in large chunks cut at line ends, because per-line Python loops are the
+bottleneck on a 540 MB corpus; the tokenizers then work on whole chunks with str.split().
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from gcnn.errors import GcnnError
+
+SPLITS = ("train", "valid", "test")
+KNOWN_CORPORA = ("wikitext-2", "wikitext-103")
+COMPRESSIONS = {"": open, ".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+CHUNK_BYTES = 1 << 24  # 16 MiB: big enough to amortise Python overhead, small enough for memory
+
+
+def data_root() -> Path:
+    """Where named corpora live: $GCNN_DATA, else ./data (the default download directory)."""
+    return Path(os.environ.get("GCNN_DATA") or "data")
+
+
+def resolve_corpus(name_or_dir: str | os.PathLike, download: bool = False) -> Path:
+    """'wikitext-2' / 'wikitext-103' -> $GCNN_DATA/<name> (else ./data/<name>); else a directory.
+
+    With download=True a missing named corpus is fetched into ./data (or $GCNN_DATA) first.
+    """
+    name = str(name_or_dir)
+    if name in KNOWN_CORPORA and not Path(name).is_dir():
+        path = data_root() / name
+        if not path.is_dir() and download:
+            from gcnn.data.download import download_corpus
+
+            path = download_corpus(name, root=data_root())
+        if not path.is_dir():
+            raise GcnnError(
+                f"corpus {name} not found at {path}; run `python -m gcnn.data download {name}` "
+                "or set GCNN_DATA to a directory holding it"
+            )
+        return path
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        hint = f"; known names: {', '.join(KNOWN_CORPORA)}" if not path.exists() else ""
+        raise GcnnError(f"corpus directory {path} does not exist or is not a directory{hint}")
+    return path
+
+
+def find_split_files(directory: str | os.PathLike) -> dict[str, Path]:
+    """{split: file} for the splits in `directory`: wiki.X.tokens or X.txt, maybe compressed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise GcnnError(f"corpus directory {directory} does not exist or is not a directory")
+    found: dict[str, Path] = {}
+    for split in SPLITS:
+        candidates = [
+            directory / (stem + ext)
+            for stem in (f"wiki.{split}.tokens", f"{split}.txt")
+            for ext in COMPRESSIONS
+        ]
+        present = [p for p in candidates if p.is_file()]
+        if len(present) > 1:
+            names = ", ".join(p.name for p in present)
+            raise GcnnError(
+                f"{directory} has several files for split {split!r} ({names}); keep one"
+            )
+        if present:
+            found[split] = present[0]
+    return found
+
+
+def open_binary(path: Path):
+    """A binary stream of the decompressed file (chosen by suffix)."""
+    opener = COMPRESSIONS.get(path.suffix if path.suffix in (".xz", ".gz", ".bz2") else "")
+    try:
+        return opener(path, "rb")
+    except OSError as err:
+        raise GcnnError(f"cannot open {path}: {err.strerror or err}") from None
+
+
+def read_chunks(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES, progress=None):
+    """Yield the file's text in chunks that each end at a line break (the last one may not).
+
+    Concatenating the chunks gives the whole file, decoded as strict UTF-8. `progress` (a tqdm
+    bar or None) is advanced by decompressed bytes. Errors name the file and what to do:
+    bytes that are not UTF-8 (with the byte offset), a truncated or corrupt archive.
+    """
+    path = Path(path)
+    offset = lines = 0
+    rest = b""
+    try:
+        with open_binary(path) as f:
+            while True:
+                block = f.read(chunk_bytes)
+                if progress is not None:
+                    progress.update(len(block))
+                if not block:
+                    break
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:  # a line longer than the chunk: keep reading
+                    rest = block
+                    continue
+                rest = block[cut:]
+                yield _decode(block[:cut], path, offset, lines)
+                offset += cut
+                lines += block.count(b"\n", 0, cut)
+            if rest:
+                yield _decode(rest, path, offset, lines)
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error, OSError) as err:
+        if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile) and err.errno:
+            raise GcnnError(f"cannot read {path}: {err.strerror}") from None
+        raise GcnnError(
+            f"{path} is truncated or corrupt ({err}); download or decompress it again"
+        ) from None
+
+
+def _decode(data: bytes, path: Path, offset: int, lines_before: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = lines_before + data.count(b"\n", 0, err.start) + 1
+        bad = data[err.start : err.start + 4]
+        raise GcnnError(
+            f"{path} is not UTF-8 (line {line}, byte offset {offset + err.start}: {bad!r}); "
+            "re-encode the file as UTF-8, e.g. with iconv"
+        ) from None
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The file's lines without their line breaks (for sentencepiece and small inputs)."""
+    for chunk in read_chunks(path):
+        lines = chunk.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        yield from lines

@@ -1,0 +1,272 @@
+"""prepare_corpus: text files -> tokenizer + int32 token streams, built once and cached.
+
+The word-level build reads each file once. Words are numbered in first-seen order while reading
+(a dict lookup per word, done by C code through map()), counted with np.bincount, and then
+renumbered by frequency with one vectorised gather, so no second pass over the text is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gcnn.data.cache import CacheEntry, default_cache_dir, describe_sources
+from gcnn.data.corpus import SPLITS, find_split_files, read_chunks, resolve_corpus
+from gcnn.data.tokenizer import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    WordTokenizer,
+    split_words,
+    tokenizer_from_state,
+)
+from gcnn.errors import GcnnError
+
+DEFAULT_SP_VOCAB = 8000
+
+
+@dataclass
+class Corpus:
+    """A tokenized corpus. `splits[name]` is the int32 token stream (a read-only memmap)."""
+
+    tokenizer: Tokenizer
+    splits: dict[str, np.ndarray]
+    stats: dict[str, dict]  # per split: tokens, lines, unk, words (whitespace words + 1 per line)
+    directory: Path
+    vocab_source: str = "train"  # "train", the splits it came from ("valid+test"), or "given"
+    cache_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "vocab_size": self.tokenizer.vocab_size,
+            "splits": {
+                name: {k: self.stats[name][k] for k in ("tokens", "lines", "unk")}
+                for name in self.splits
+            },
+        }
+
+
+class _FirstSeen(dict):
+    """word -> provisional id in order of first appearance (assigned on a miss, in C-speed map)."""
+
+    def __missing__(self, word: str) -> int:
+        i = self[word] = len(self)
+        return i
+
+
+def _progress_bar(enabled: bool, path: Path, split: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        desc=f"{split} ({path.name})", unit="B", unit_scale=True, leave=False, file=sys.stderr
+    )
+
+
+def _read_split(
+    path: Path, split: str, encode, progress: bool, word_level: bool = True
+) -> tuple[np.ndarray, dict]:
+    """Encode one file chunk by chunk with `encode(text) -> int32 ids`; count lines and words.
+
+    Words (whitespace words + 1 per line) equal the token count for word-level encoders; for
+    subwords they are counted separately, for per-word perplexity.
+    """
+    parts, lines, words = [], 0, 0
+    bar = _progress_bar(progress, path, split)
+    try:
+        for text in read_chunks(path, progress=bar):
+            lines += text.count("\n") + (0 if text.endswith("\n") else 1)
+            ids = encode(text)
+            parts.append(ids)
+            words += len(ids) if word_level else len(split_words(text))
+    finally:
+        if bar is not None:
+            bar.close()
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    if len(ids) == 0:
+        raise GcnnError(f"split {split!r} ({path}) is empty; give it at least one line of text")
+    return ids, {"lines": lines, "words": words}
+
+
+class _ProvisionalEncoder:
+    """Encodes with first-seen ids (shared across the vocabulary-source splits)."""
+
+    def __init__(self):
+        self.first = _FirstSeen()
+
+    def encode_text(self, text: str) -> np.ndarray:
+        words = split_words(text)
+        return np.fromiter(map(self.first.__getitem__, words), dtype=np.int32, count=len(words))
+
+
+def _build_word(files, vocab_splits, min_count, max_vocab, progress):
+    provisional = _ProvisionalEncoder()
+    raw, info = {}, {}
+    for split in vocab_splits:
+        raw[split], info[split] = _read_split(
+            files[split], split, provisional.encode_text, progress
+        )
+    counts = np.zeros(len(provisional.first), dtype=np.int64)
+    for ids in raw.values():
+        counts += np.bincount(ids, minlength=len(counts))
+    words = list(provisional.first)
+    tokenizer = WordTokenizer.from_counts(
+        dict(zip(words, counts.tolist(), strict=True)), min_count, max_vocab
+    )
+    remap = np.fromiter(map(tokenizer.lookup.__getitem__, words), dtype=np.int32, count=len(words))
+    arrays = {split: remap[ids] for split, ids in raw.items()}
+    for split in files:
+        if split not in arrays:
+            arrays[split], info[split] = _read_split(
+                files[split], split, tokenizer.encode_text, progress
+            )
+    return tokenizer, arrays, info
+
+
+def _build_sentencepiece(files, vocab_splits, vocab_size, model_type, progress):
+    from gcnn.data.corpus import iter_lines
+
+    def training_lines():
+        for split in vocab_splits:
+            yield from iter_lines(files[split])
+
+    plain = SentencePieceTokenizer.train(training_lines(), vocab_size, model_type)
+    raw, info = {}, {}
+    for split, path in files.items():
+        raw[split], info[split] = _read_split(path, split, plain.encode_text, progress, False)
+    counts = sum(np.bincount(raw[s], minlength=plain.vocab_size) for s in vocab_splits)
+    tokenizer = plain.renumbered(counts)
+    arrays = {split: tokenizer.from_sp[ids] for split, ids in raw.items()}
+    return tokenizer, arrays, info
+
+
+def _build_given(files, tokenizer, progress):
+    arrays, info = {}, {}
+    for split, path in files.items():
+        arrays[split], info[split] = _read_split(
+            path, split, tokenizer.encode_text, progress, tokenizer.kind == "word"
+        )
+    return arrays, info
+
+
+def prepare_corpus(
+    name_or_dir: str | os.PathLike,
+    tokenizer: str | Tokenizer = "word",
+    *,
+    vocab_size: int | None = None,
+    sp_model_type: str = "unigram",
+    min_count: int = 1,
+    max_vocab: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    splits=SPLITS,
+    progress: bool = False,
+    download: bool = False,
+) -> Corpus:
+    """Tokenize a corpus (or reuse its cache) and return the requested splits.
+
+    tokenizer: "word", "sentencepiece", or a Tokenizer object (e.g. from a checkpoint) to encode
+    with as is - that is how a checkpoint trained on WikiText-103 is evaluated on a directory
+    holding only its valid/test files. Otherwise the vocabulary is built from the train split;
+    a corpus without one builds it from the splits it has and says so in `vocab_source`.
+    For the word tokenizer, `vocab_size` means the same as `max_vocab`.
+    All split files present are encoded and cached; `splits` picks which are returned and must
+    all exist.
+    """
+    directory = resolve_corpus(name_or_dir, download=download)
+    files = find_split_files(directory)
+    splits = tuple(splits)
+    for split in splits:
+        if split not in SPLITS:
+            raise GcnnError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        if split not in files:
+            have = ", ".join(files) or "none"
+            raise GcnnError(
+                f"{directory} has no {split} split (wiki.{split}.tokens or {split}.txt, optionally "
+                f".xz/.gz/.bz2; found: {have}); add it or ask only for the splits it has"
+            )
+    if not files:
+        raise GcnnError(f"{directory} holds no corpus files (wiki.train.tokens or train.txt, ...)")
+
+    given = None if isinstance(tokenizer, str) else tokenizer
+    kind = tokenizer if given is None else given.kind
+    if kind not in ("word", "sentencepiece"):
+        raise GcnnError(f"unknown tokenizer {kind!r}; use word or sentencepiece")
+    if kind == "word" and given is None and vocab_size is not None:
+        if max_vocab is not None and max_vocab != vocab_size:
+            raise GcnnError(f"vocab_size={vocab_size} and max_vocab={max_vocab} disagree")
+        max_vocab = vocab_size
+    if kind == "sentencepiece" and given is None:
+        vocab_size = vocab_size or DEFAULT_SP_VOCAB
+    vocab_splits = ["train"] if "train" in files else list(files)
+    vocab_source = "given" if given is not None else "+".join(vocab_splits)
+
+    if given is not None:
+        settings = {"tokenizer": kind, "given": given.fingerprint()}
+    elif kind == "word":
+        settings = {"tokenizer": kind, "min_count": min_count, "max_vocab": max_vocab}
+    else:
+        settings = {"tokenizer": kind, "vocab_size": vocab_size, "model_type": sp_model_type}
+    settings["vocab_source"] = vocab_source
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(directory)
+    entry = CacheEntry(cache_dir, kind, settings)
+
+    cached = entry.load(files)
+    if cached is not None:
+        meta, state, arrays = cached
+        tok = given if given is not None else tokenizer_from_state(state)
+        if tok.fingerprint() == meta.get("tokenizer_fingerprint"):
+            return Corpus(
+                tokenizer=tok,
+                splits={s: arrays[s] for s in splits},
+                stats={s: meta["stats"][s] for s in SPLITS if s in meta["stats"]},
+                directory=directory,
+                vocab_source=vocab_source,
+                cache_path=entry.path,
+            )
+
+    sources = describe_sources(files)
+    if given is not None:
+        tok = given
+        arrays, info = _build_given(files, tok, progress)
+    elif kind == "word":
+        tok, arrays, info = _build_word(files, vocab_splits, min_count, max_vocab, progress)
+    else:
+        tok, arrays, info = _build_sentencepiece(
+            files, vocab_splits, vocab_size, sp_model_type, progress
+        )
+    stats = {
+        split: {
+            "tokens": int(len(arrays[split])),
+            "lines": info[split]["lines"],
+            "unk": int(np.count_nonzero(arrays[split] == tok.unk_id)),
+            "words": info[split]["words"],
+        }
+        for split in SPLITS
+        if split in arrays
+    }
+    meta = {"stats": stats, "tokenizer_fingerprint": tok.fingerprint(), "directory": str(directory)}
+    try:
+        entry.save(sources, tok.state_dict(), arrays, meta)
+        cached = entry.load(files)
+    except OSError as err:
+        print(
+            f"warning: cannot write the cache in {cache_dir} ({err}); set GCNN_CACHE to a "
+            "writable directory to avoid rebuilding next time",
+            file=sys.stderr,
+        )
+        cached = None
+    if cached is not None:
+        arrays = cached[2]  # memory-mapped, so the built arrays can be freed
+    return Corpus(
+        tokenizer=tok,
+        splits={s: arrays[s] for s in splits},
+        stats=stats,
+        directory=directory,
+        vocab_source=vocab_source,
+        cache_path=entry.path if cached is not None else None,
+    )

@@ -1,0 +1,36 @@
+"""Evaluation: exact perplexity, sentence scoring, sampling and the GCNN-vs-LSTM latency table.
+
+The library API behind the `gcnn-evaluate` subcommands. Names resolve lazily (as in `gcnn`), so
+that `gcnn.evaluation.cli` starts fast and each subcommand imports only what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PerplexityResult": "gcnn.evaluation.perplexity",
+    "corpus_nll": "gcnn.evaluation.perplexity",
+    "evaluate_perplexity": "gcnn.evaluation.perplexity",
+    "tokenize_split": "gcnn.evaluation.perplexity",
+    "SentenceScore": "gcnn.evaluation.scoring",
+    "score_lines": "gcnn.evaluation.scoring",
+    "score_token_ids": "gcnn.evaluation.scoring",
+    "SamplingConfig": "gcnn.evaluation.sampling",
+    "sample": "gcnn.evaluation.sampling",
+    "LatencyConfig": "gcnn.evaluation.latency",
+    "LatencyResult": "gcnn.evaluation.latency",
+    "prepare_for_inference": "gcnn.evaluation.latency",
+    "run_latency": "gcnn.evaluation.latency",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gcnn.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,280 @@
+"""evaluate.py / gcnn-evaluate: perplexity, score, sample and latency subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gcnn.errors import GcnnError, run_cli
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GcnnError(f"--device {name}: no CUDA device is available; use --device cpu")
+    return name
+
+
+def _positive(flag: str, value: int) -> int:
+    if value < 1:
+        raise GcnnError(f"{flag} {value}: must be at least 1")
+    return value
+
+
+# --- perplexity --------------------------------------------------------------------------------
+
+
+def cmd_perplexity(args) -> int:
+    from gcnn.checkpoint import load_model
+    from gcnn.data import find_split_files, resolve_corpus
+    from gcnn.evaluation.perplexity import check_vocabulary, evaluate_perplexity, tokenize_split
+
+    device = _device(args.device)
+    _positive("--batch-size", args.batch_size)
+    _positive("--block-size", args.block_size)
+    model, tokenizer, ckpt = load_model(args.checkpoint, device=device)
+    source = args.data or args.dataset or _trained_on(ckpt)
+    if source is None:
+        raise GcnnError(
+            f"checkpoint {args.checkpoint} does not say which corpus it was trained on; "
+            "pass --dataset NAME or --data DIR"
+        )
+    directory = resolve_corpus(source)
+    files = find_split_files(directory)
+    if args.split not in files:
+        raise GcnnError(
+            f"{directory} has no {args.split} split (found: {', '.join(files) or 'none'}); "
+            "pick another --split"
+        )
+    split = tokenize_split(tokenizer, files[args.split])
+    if not args.allow_oov:
+        check_vocabulary(split, files[args.split], args.checkpoint)
+    if split.oov:
+        print(f"warning: {split.oov} unknown words scored as <unk>", file=sys.stderr)
+    result = evaluate_perplexity(
+        model,
+        tokenizer,
+        split.tokens,
+        words=split.words,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        device=device,
+    )
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    print(f"{directory.name} {args.split}: {result.tokens:,} tokens")
+    print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:.2f}")
+    if result.word_perplexity is not None:
+        print(f"per-word perplexity {result.word_perplexity:.2f} ({result.words:,} words)")
+    print(f"{result.tokens_per_s:,.0f} tokens/s ({result.seconds:.1f} s)")
+    return 0
+
+
+def _trained_on(ckpt: dict) -> str | None:
+    train = ckpt.get("train_config") or {}
+    for key in ("data", "dataset", "corpus"):
+        value = train.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+# --- score -------------------------------------------------------------------------------------
+
+
+def _read_lines(path: str) -> list[str]:
+    if path == "-":
+        text = sys.stdin.read()
+        lines = text.splitlines()
+    else:
+        from gcnn.data.corpus import iter_lines
+
+        if not Path(path).is_file():
+            raise GcnnError(f"input file {path} does not exist; pass a text file or - for stdin")
+        lines = list(iter_lines(path))
+    if not lines:
+        where = "standard input" if path == "-" else f"input file {path}"
+        raise GcnnError(f"{where} is empty; give one sentence per line")
+    return lines
+
+
+def cmd_score(args) -> int:
+    from gcnn.checkpoint import load_model
+    from gcnn.evaluation.scoring import score_lines
+
+    device = _device(args.device)
+    _positive("--batch-size", args.batch_size)
+    lines = _read_lines(args.input)
+    model, tokenizer, _ = load_model(args.checkpoint, device=device)
+    scores = score_lines(model, tokenizer, lines, batch_size=args.batch_size, device=device)
+    for s in scores:
+        if args.json:
+            print(json.dumps(s.to_json()))
+        else:
+            print(f"{s.logprob:.4f}\t{s.tokens}\t{s.perplexity:.2f}\t{s.text}")
+    return 0
+
+
+# --- sample ------------------------------------------------------------------------------------
+
+
+def cmd_sample(args) -> int:
+    from gcnn.checkpoint import load_model
+    from gcnn.evaluation.sampling import SamplingConfig, sample
+
+    device = _device(args.device)
+    config = SamplingConfig(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_at_eos=args.stop_at_eos,
+    )
+    config.validate()
+    model, tokenizer, _ = load_model(args.checkpoint, device=device)
+    # the prompt's words only: encode() appends an <eos> that would end the sentence
+    prompt = tokenizer.encode(args.prompt)[:-1] if args.prompt else []
+    out = sample(model, prompt, tokenizer.eos_id, config, device=device)
+    text = tokenizer.decode(out)
+    print(f"{args.prompt} {text}".strip() if args.prompt else text)
+    return 0
+
+
+# --- latency -----------------------------------------------------------------------------------
+
+
+def cmd_latency(args) -> int:
+    import torch
+
+    from gcnn.evaluation.latency import (
+        LatencyConfig,
+        json_records,
+        markdown_table,
+        plot_latency,
+        run_latency,
+    )
+
+    if args.threads is not None:
+        torch.set_num_threads(_positive("--threads", args.threads))
+    if args.plot:
+        try:  # fail before minutes of timing, not after
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise GcnnError(
+                f"--plot {args.plot}: matplotlib is not installed; "
+                "pip install 'gcnn[plot]' or drop --plot"
+            ) from None
+    config = LatencyConfig(
+        sentence_length=args.sentence_length,
+        repeats=_positive("--repeats", args.repeats),
+        warmup=args.warmup,
+        device=_device(args.device),
+        precision=args.precision,
+    )
+    if args.batch_size is not None:
+        config.batch_sizes = (args.batch_size,)
+    plot_lengths = sorted({5, 10, 20, 50, 100, args.sentence_length}) if args.plot else ()
+    results = run_latency(
+        args.models,
+        config,
+        vocab_size=args.vocab_size,
+        plot_lengths=plot_lengths,
+        log=lambda s: print(s, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(json_records(results)))
+    else:
+        print(markdown_table(results))
+    if args.plot:
+        plot_latency(results, args.plot)
+    return 0
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gcnn-evaluate",
+        description="Evaluate gcnn checkpoints: perplexity, sentence scores, samples, latency.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q, batch_size):
+        q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        q.add_argument("--batch-size", type=int, default=batch_size)
+
+    q = sub.add_parser("perplexity", help="exact perplexity of a checkpoint on a split")
+    q.add_argument("checkpoint")
+    src = q.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help="wikitext-2 or wikitext-103 (found via $GCNN_DATA)")
+    src.add_argument("--data", help="a corpus directory")
+    q.add_argument("--split", default="test", choices=("valid", "test"))
+    q.add_argument("--block-size", type=int, default=512, help="targets per row (default 512)")
+    q.add_argument("--allow-oov", action="store_true", help="score unknown words as <unk>")
+    q.add_argument("--json", action="store_true")
+    common(q, 8)
+    q.set_defaults(run=cmd_perplexity)
+
+    q = sub.add_parser("score", help="log-probability of each line of a text")
+    q.add_argument("checkpoint")
+    q.add_argument(
+        "input", nargs="?", default="-", help="text file, one sentence per line (- = stdin)"
+    )
+    q.add_argument("--json", action="store_true", help="JSON lines")
+    common(q, 32)
+    q.set_defaults(run=cmd_score)
+
+    q = sub.add_parser("sample", help="generate text")
+    q.add_argument("checkpoint")
+    q.add_argument("--prompt", default="")
+    q.add_argument("--max-tokens", type=int, default=50)
+    q.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    q.add_argument("--top-k", type=int, default=0, help="0 = off")
+    q.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--stop-at-eos", action="store_true", help="stop after the first <eos>")
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(run=cmd_sample)
+
+    q = sub.add_parser("latency", help="throughput and responsiveness (paper Table 4)")
+    q.add_argument("models", nargs="+", metavar="MODEL", help="preset name or checkpoint")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    q.add_argument("--sentence-length", type=int, default=30)
+    q.add_argument(
+        "--batch-size", type=int, default=None, help="throughput batch (default: best of 4/16/64)"
+    )
+    q.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="vocabulary for presets (default: the preset's corpus: GBW 793,471, "
+        "WikiText-103 267,735, WikiText-2 33,278)",
+    )
+    q.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    q.add_argument("--repeats", type=int, default=10)
+    q.add_argument("--warmup", type=int, default=3)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--plot", metavar="FILE", help="latency vs sentence length (needs matplotlib)")
+    q.set_defaults(run=cmd_latency)
+    return p
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: user mistakes become one `error:` line and exit status 2."""
+    return run_cli(lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

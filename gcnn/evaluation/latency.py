@@ -1,0 +1,502 @@
+"""Throughput and responsiveness of a GCNN against an LSTM (the paper's Table 4).
+
+The paper measures two speeds when *scoring* text (the log-probability of every token):
+
+- throughput: tokens/s when many sentences are scored at once (best batch size);
+- responsiveness: tokens/s when one sentence is scored as it arrives (batch 1). A GCNN sees all
+  tokens of the sentence in one forward pass; an LSTM must still walk them one by one, inside its
+  recurrence. We let the LSTM do that inside a single ``nn.LSTM`` call (cuDNN / oneDNN), never in a
+  Python loop, so both models are measured at their best.
+
+To keep the comparison honest every model gets exactly the same treatment: inference weights are
+prepared once (weight norm folded into plain weights, ``eval()``, cast to one dtype), the same
+thread count, the same precision, the same sentences and the same work definition
+(``token_log_probs``: the adaptive-softmax head plus only the tail clusters the targets need).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gcnn.errors import GcnnError
+
+# Vocabulary sizes used when a preset is benchmarked with random weights. Speed depends on the
+# vocabulary only through the embedding lookup and the adaptive-softmax tails, but the paper's
+# Table 4 is about Google Billion Word models, so GBW presets get GBW's vocabulary.
+GBW_VOCAB = 793_471
+WT103_VOCAB = 267_735
+WT2_VOCAB = 33_278
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LatencyConfig:
+    sentence_length: int = 30  # tokens per sentence (GBW sentences average ≈27 tokens)
+    batch_sizes: tuple[int, ...] = (4, 16, 64)  # throughput grid; the best one is reported
+    repeats: int = 10  # timed runs per measurement, after warm-up
+    warmup: int = 3
+    device: str = "cpu"
+    precision: str = "fp32"
+    seed: int = 0
+
+
+@dataclass
+class Timing:
+    """Seconds per call: the median and the interquartile range over the timed repeats."""
+
+    median: float
+    q1: float
+    q3: float
+    samples: list[float] = field(repr=False, default_factory=list)
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Timing:
+        s = sorted(samples)
+        if len(s) >= 4:
+            q1, _, q3 = statistics.quantiles(s, n=4)
+        else:
+            q1, q3 = s[0], s[-1]
+        return cls(statistics.median(s), q1, q3, list(s))
+
+
+@dataclass
+class LatencyResult:
+    model: str
+    family: str
+    params: int
+    throughput: float  # tokens/s at the best batch size
+    throughput_batch_size: int
+    throughput_iqr: tuple[float, float]  # tokens/s at the slower / faster quartile
+    responsiveness: float  # tokens/s scoring one sentence at batch 1
+    responsiveness_iqr: tuple[float, float]
+    latency_ms: float  # median time to score one sentence at batch 1
+    latency_iqr_ms: tuple[float, float]
+    sentence_length: int
+    precision: str
+    threads: int
+    device: str
+    latency_by_length: dict[int, float] = field(default_factory=dict)  # for --plot
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparing a model for inference
+
+
+def default_vocab_size(preset: str) -> int:
+    """The vocabulary of the corpus a preset was designed for (see the module constants)."""
+    from gcnn.models.presets import PRESET_NOTES
+
+    corpus = PRESET_NOTES.get(preset, ("",))[0]
+    if corpus.startswith("GBW"):
+        return GBW_VOCAB
+    if corpus.startswith("WikiText-103"):
+        return WT103_VOCAB
+    return WT2_VOCAB
+
+
+def load_for_latency(spec: str, vocab_size: int | None, device: str) -> tuple[str, nn.Module]:
+    """MODEL is a preset name (random weights) or a checkpoint path."""
+    from gcnn.models import PRESETS, build_model
+
+    if spec in PRESETS:
+        vocab = vocab_size or default_vocab_size(spec)
+        torch.manual_seed(0)
+        return spec, build_model(spec, vocab)
+    path = Path(spec)
+    if path.exists():
+        from gcnn.checkpoint import load_model
+
+        model, _tokenizer, _ckpt = load_model(path, device="cpu")
+        return path.name, model
+    raise GcnnError(
+        f"'{spec}' is neither a preset nor a checkpoint file; presets: {', '.join(sorted(PRESETS))}"
+    )
+
+
+def remove_weight_norm(model: nn.Module) -> nn.Module:
+    """Fold weight normalization into plain weights (w = g·v/‖v‖ computed once, not per call)."""
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        # the older hook-based torch.nn.utils.weight_norm
+        for hook in list(getattr(module, "_forward_pre_hooks", {}).values()):
+            if type(hook).__name__ == "WeightNorm":
+                torch.nn.utils.remove_weight_norm(module, hook.name)
+    return model
+
+
+class GemmConv1d(nn.Module):
+    """Inference stand-in for a (causal) nn.Conv1d: the k taps unfolded into one matrix multiply.
+
+    On CPU, oneDNN's convolution is slow for the shapes of sentence scoring (batch 1, ~30 steps,
+    many small layers) and reorders bf16 weights on every call. A k-tap causal convolution is
+    exactly a matmul of the k stacked, shifted inputs with the (out, in·k) weight matrix, so we
+    do that, with time-major (B, T, C) memory so that the 1×1 layers (most of a bottleneck
+    model) need no copy at all. Same call signature and results as the module it replaces:
+    ``forward(x (B, C, T), state)`` → ``(y (B, C', T), new_state)`` for a CausalConv1d, or
+    just ``y`` for a plain 1×1 nn.Conv1d (the residual projection).
+    """
+
+    def __init__(self, conv: nn.Conv1d, causal: bool):
+        super().__init__()
+        out_channels, in_channels, k = conv.weight.shape
+        self.kernel_size, self.in_channels, self.causal = k, in_channels, causal
+        # (out, in, k) -> (out, k·in): the tap-major order that unfolding (B, T, C) produces
+        weight = conv.weight.detach().permute(0, 2, 1).reshape(out_channels, k * in_channels)
+        self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+        bias = conv.bias.detach() if conv.bias is not None else None
+        self.bias = None if bias is None else nn.Parameter(bias.clone(), requires_grad=False)
+
+    @property
+    def context(self) -> int:
+        return self.kernel_size - 1
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor | None:
+        """Zeros for the k-1 previous inputs, (B, C, k-1) like CausalConv1d's state."""
+        if self.context == 0:
+            return None
+        return torch.zeros(
+            batch_size,
+            self.in_channels,
+            self.context,
+            device=device if device is not None else self.weight.device,
+            dtype=dtype if dtype is not None else self.weight.dtype,
+        )
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        xt = x.transpose(1, 2)  # (B, T, C): a free view when x came from the time-major path
+        k1 = self.kernel_size - 1
+        if k1 == 0:
+            y = F.linear(xt, self.weight, self.bias).transpose(1, 2)
+            return (y, None) if self.causal else y
+        if state is None:
+            history = xt.new_zeros(xt.size(0), k1, xt.size(2))
+        else:
+            history = state.to(xt.dtype).transpose(1, 2)
+        padded = torch.cat([history, xt], dim=1)  # (B, k-1+T, C)
+        # windows[b, t] = padded[b, t : t+k] flattened tap-major: (B, T, k·C)
+        windows = (
+            padded.unfold(1, self.kernel_size, 1)
+            .transpose(2, 3)
+            .reshape(xt.size(0), xt.size(1), -1)
+        )
+        y = F.linear(windows, self.weight, self.bias).transpose(1, 2)
+        return y, padded[:, -k1:].transpose(1, 2)
+
+
+def convolutions_as_matmuls(model: nn.Module) -> nn.Module:
+    """Swap every nn.Conv1d of a (weight-norm free) model for an equivalent GemmConv1d."""
+    from gcnn.models.blocks import CausalConv1d
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv1d) and child.groups == 1 and child.dilation == (1,):
+                causal = isinstance(child, CausalConv1d)
+                if not causal and (child.kernel_size != (1,) or child.padding != (0,)):
+                    continue  # only causal and pointwise convolutions have a known layout
+                setattr(parent, name, GemmConv1d(child, causal))
+    return model
+
+
+def prepare_for_inference(model: nn.Module, dtype: torch.dtype, device: str) -> nn.Module:
+    """Weights ready for fast scoring, prepared once: no weight norm, eval mode, one dtype,
+    convolutions as single matrix multiplies."""
+    model = remove_weight_norm(model)
+    model.eval()
+    model = convolutions_as_matmuls(model)
+    model.to(device=device, dtype=dtype)
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            module.flatten_parameters()  # one contiguous weight buffer for the fused kernel
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+
+
+def _synchronize(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int, device: str) -> Timing:
+    """Median and spread of `fn`'s wall time after warm-up, synchronising the device each time."""
+    sync = _synchronize(device)
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        samples.append(_timed(fn, sync))
+    return Timing.of(samples)
+
+
+def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def interleaved_timings(
+    calls: Sequence[Callable[[], object]], repeats: int, warmup: int, device: str
+) -> list[Timing]:
+    """Time several calls in rounds (call 0, 1, 2, ..., then again), not one after the other.
+
+    On a shared machine the background load drifts; interleaving spreads it evenly over the
+    models being compared, so their ratio stays meaningful even when absolute times wobble.
+    """
+    sync = _synchronize(device)
+    for fn in calls:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in calls]
+    for r in range(repeats):
+        # rotate who goes first, so no model always runs right after the same neighbour
+        for j in range(len(calls)):
+            i = (j + r) % len(calls)
+            samples[i].append(_timed(calls[i], sync))
+    return [Timing.of(s) for s in samples]
+
+
+def random_sentences(vocab_size: int, batch: int, length: int, seed: int) -> torch.Tensor:
+    """Token ids drawn from Zipf's law (p(id) ∝ 1/(id+1)) over the frequency-sorted ids, like
+    words of real text, so the adaptive softmax needs its tail clusters about as often as it
+    would on real sentences (Zipf's law puts rather more mass in the tail than real text)."""
+    g = torch.Generator().manual_seed(seed)
+    ranks = torch.arange(1, vocab_size + 1, dtype=torch.float64)
+    return torch.multinomial(1.0 / ranks, batch * length, replacement=True, generator=g).view(
+        batch, length
+    )
+
+
+def scoring_fn(model: nn.Module, sentences: torch.Tensor, eos_id: int = 0) -> Callable[[], object]:
+    """One scoring call: log-prob of every token of every sentence given a leading <eos>."""
+    inputs = torch.cat([torch.full_like(sentences[:, :1], eos_id), sentences[:, :-1]], dim=1)
+
+    def score():
+        with torch.inference_mode():
+            return model.token_log_probs(inputs, sentences)
+
+    return score
+
+
+def _vocab_size(model: nn.Module) -> int:
+    config = model.config_dict() if hasattr(model, "config_dict") else {}
+    if "vocab_size" in config:
+        return int(config["vocab_size"])
+    return int(model.vocab_size)
+
+
+def measure(
+    models: Sequence[tuple[str, nn.Module]],
+    config: LatencyConfig,
+    plot_lengths: Sequence[int] = (),
+    log: Callable[[str], None] = lambda s: None,
+) -> list[LatencyResult]:
+    """Throughput and responsiveness of (already prepared) models, timed in interleaved rounds.
+
+    All models score the same sentences (for a shared vocabulary size): Zipf-distributed ids,
+    each sentence conditioned on a leading <eos>.
+    """
+    length, dev = config.sentence_length, config.device
+
+    def call(model, batch, n=length):
+        sentences = random_sentences(_vocab_size(model), batch, n, config.seed).to(dev)
+        return scoring_fn(model, sentences)
+
+    # throughput: each model at its best batch size of the grid (bigger calls: fewer repeats)
+    log(f"throughput at batch sizes {', '.join(map(str, config.batch_sizes))}")
+    grid_repeats, grid_warmup = max(3, config.repeats // 3), max(1, config.warmup // 2)
+    best: list[tuple[int, Timing]] = []
+    for _, model in models:
+        batch_timings = interleaved_timings(
+            [call(model, b) for b in config.batch_sizes], grid_repeats, grid_warmup, dev
+        )
+        rates = [
+            b * length / t.median for b, t in zip(config.batch_sizes, batch_timings, strict=True)
+        ]
+        i = max(range(len(rates)), key=rates.__getitem__)
+        best.append((config.batch_sizes[i], batch_timings[i]))
+    # responsiveness: one sentence, batch 1, all its tokens in one call; models interleaved
+    log(f"responsiveness: {config.repeats} interleaved rounds")
+    singles = interleaved_timings(
+        [call(model, 1) for _, model in models], config.repeats, config.warmup, dev
+    )
+    by_length: list[dict[int, float]] = [{} for _ in models]
+    for n in plot_lengths:
+        log(f"latency at sentence length {n}")
+        timings = interleaved_timings(
+            [call(model, 1, n) for _, model in models], config.repeats, config.warmup, dev
+        )
+        for d, t in zip(by_length, timings, strict=True):
+            d[n] = 1e3 * t.median
+    results = []
+    for (name, model), (batch, bt), single, lengths in zip(
+        models, best, singles, by_length, strict=True
+    ):
+        results.append(
+            LatencyResult(
+                model=name,
+                family=getattr(model, "family", "?"),
+                params=count_params(model),
+                throughput=batch * length / bt.median,
+                throughput_batch_size=batch,
+                throughput_iqr=(batch * length / bt.q3, batch * length / bt.q1),
+                responsiveness=length / single.median,
+                responsiveness_iqr=(length / single.q3, length / single.q1),
+                latency_ms=1e3 * single.median,
+                latency_iqr_ms=(1e3 * single.q1, 1e3 * single.q3),
+                sentence_length=length,
+                precision=config.precision,
+                threads=torch.get_num_threads(),
+                device=dev,
+                latency_by_length=lengths,
+            )
+        )
+    return results
+
+
+def run_latency(
+    specs: Sequence[str],
+    config: LatencyConfig,
+    vocab_size: int | None = None,
+    plot_lengths: Sequence[int] = (),
+    log: Callable[[str], None] = lambda s: None,
+) -> list[LatencyResult]:
+    """Load and prepare every model, then measure them side by side (see `measure`)."""
+    if config.precision not in PRECISIONS:
+        raise GcnnError(f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise GcnnError("--device cuda: no CUDA device is available; use --device cpu")
+    if config.sentence_length < 1:
+        raise GcnnError(f"--sentence-length {config.sentence_length}: must be at least 1")
+    if any(b < 1 for b in config.batch_sizes):
+        raise GcnnError(f"--batch-size {config.batch_sizes}: must be at least 1")
+    if vocab_size is not None and vocab_size < 2:
+        raise GcnnError(f"--vocab-size {vocab_size}: must be at least 2")
+    # Resolve every name first, so a typo in the last one fails before minutes of loading.
+    from gcnn.models import PRESETS
+
+    for spec in specs:
+        if spec not in PRESETS and not Path(spec).exists():
+            raise GcnnError(
+                f"'{spec}' is neither a preset nor a checkpoint file; "
+                f"presets: {', '.join(sorted(PRESETS))}"
+            )
+    models = []
+    for spec in specs:
+        name, model = load_for_latency(spec, vocab_size, config.device)
+        model = prepare_for_inference(model, PRECISIONS[config.precision], config.device)
+        size = f"{count_params(model) / 1e6:.1f}M parameters, vocabulary {_vocab_size(model):,}"
+        log(f"{name}: {size}")
+        models.append((name, model))
+    return measure(models, config, plot_lengths, log)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+
+
+def markdown_table(results: Sequence[LatencyResult]) -> str:
+    """A table in the spirit of the paper's Table 4, then the GCNN/LSTM responsiveness ratios."""
+    if not results:
+        return ""
+    r0 = results[0]
+    lines = [
+        f"Scoring {r0.sentence_length}-token sentences on {r0.device}, {r0.precision}, "
+        f"{r0.threads} thread(s); median (interquartile range) over repeats after warm-up.",
+        "",
+        "| Model | Params | Throughput (tok/s) | Responsiveness (tok/s) | Latency (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.model} | {r.params / 1e6:.1f}M "
+            f"| {r.throughput:,.0f} (B={r.throughput_batch_size}; "
+            f"{r.throughput_iqr[0]:,.0f}–{r.throughput_iqr[1]:,.0f}) "
+            f"| {r.responsiveness:,.0f} ({r.responsiveness_iqr[0]:,.0f}–"
+            f"{r.responsiveness_iqr[1]:,.0f}) "
+            f"| {r.latency_ms:.2f} ({r.latency_iqr_ms[0]:.2f}–{r.latency_iqr_ms[1]:.2f}) |"
+        )
+    gcnns = [r for r in results if r.family == "gcnn"]
+    lstms = [r for r in results if r.family == "lstm"]
+    if gcnns and lstms:
+        lines.append("")
+        for g in gcnns:
+            for lstm in lstms:
+                lines.append(
+                    f"GCNN/LSTM: {g.model} vs {lstm.model}: responsiveness "
+                    f"{g.responsiveness / lstm.responsiveness:.1f}x, throughput "
+                    f"{g.throughput / lstm.throughput:.1f}x"
+                )
+    return "\n".join(lines)
+
+
+def json_records(results: Sequence[LatencyResult]) -> list[dict]:
+    """The --json output: the documented keys first, then details."""
+    records = []
+    for r in results:
+        rec = {
+            "model": r.model,
+            "params": r.params,
+            "throughput": r.throughput,
+            "responsiveness": r.responsiveness,
+            "latency_ms": r.latency_ms,
+        }
+        rec.update({k: v for k, v in r.to_json().items() if k not in rec})
+        records.append(rec)
+    return records
+
+
+def plot_latency(results: Sequence[LatencyResult], path: str | Path) -> None:
+    """Latency against sentence length, one line per model (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise GcnnError(
+            f"--plot {path}: matplotlib is not installed; pip install 'gcnn[plot]' or drop --plot"
+        ) from err
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        lengths = sorted(r.latency_by_length)
+        ax.plot(lengths, [r.latency_by_length[n] for n in lengths], marker="o", label=r.model)
+    ax.set_xlabel("sentence length (tokens)")
+    ax.set_ylabel("latency to score one sentence (ms)")
+    ax.set_title(f"batch 1, {results[0].device}, {results[0].precision}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from gcnn.data import atomic_write
+
+    with atomic_write(path, mode="wb") as f:
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)

@@ -1,0 +1,132 @@
+"""Adaptive softmax (Grave et al. 2017), the output layer of every model in gcnn.
+
+Word ids are sorted by frequency, so the vocabulary splits at the cutoffs into a frequent head
+[0, cutoffs[0]) and tail clusters [cutoffs[i], cutoffs[i+1]). The head classifier scores the head
+words plus one logit per cluster; cluster i has its own small classifier whose input is first
+projected from d to d / tail_factor**(i+1) dimensions (rare words need less capacity), so
+
+    log p(w) = log p_head(w)                                   for a head word
+    log p(w) = log p_head(cluster i) + log p_tail_i(w)         for a word of cluster i.
+
+Training only needs each target's own cluster: `target_log_prob` runs a tail only on the rows whose
+targets fall in it. Log-softmaxes are taken in fp32 even under bf16 autocast: a bf16 log-sum-exp
+over tens of thousands of logits loses most of its precision.
+
+Structure and initialisation follow fairseq (no biases, Xavier-uniform weights, no weight
+normalisation); with no cutoffs this is a plain full softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gcnn.errors import GcnnError
+from gcnn.models.constants import IGNORE_INDEX
+
+
+class AdaptiveSoftmax(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        vocab_size: int,
+        cutoffs: list[int] | tuple[int, ...] = (),
+        dropout: float = 0.0,
+        tail_factor: int = 4,
+    ):
+        super().__init__()
+        cutoffs = [int(c) for c in cutoffs if c < vocab_size]
+        if any(c <= 0 for c in cutoffs) or any(
+            b <= a for a, b in zip(cutoffs, cutoffs[1:], strict=False)
+        ):
+            raise GcnnError(f"adaptive softmax cutoffs {cutoffs} must be positive and increasing")
+        self.in_features = in_features
+        self.vocab_size = vocab_size
+        self.cutoffs = cutoffs
+        # Cluster i covers ids [bounds[i], bounds[i+1]).
+        self.bounds = cutoffs + [vocab_size]
+        self.shortlist = cutoffs[0] if cutoffs else vocab_size
+        self.n_clusters = len(cutoffs)
+        self.head = nn.Linear(in_features, self.shortlist + self.n_clusters, bias=False)
+        self.tails = nn.ModuleList()
+        for i in range(self.n_clusters):
+            dim = max(1, in_features // tail_factor ** (i + 1))
+            size = self.bounds[i + 1] - self.bounds[i]
+            self.tails.append(
+                nn.Sequential(
+                    nn.Linear(in_features, dim, bias=False),
+                    nn.Dropout(dropout),
+                    nn.Linear(dim, size, bias=False),
+                )
+            )
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, vocab_size={self.vocab_size}, cutoffs={self.cutoffs}"
+        )
+
+    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        # At least fp32 (bf16/fp16 logits are upcast; a float64 model stays float64).
+        return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+    def log_prob(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full log-distribution (..., vocab_size) in fp32, for sampling and evaluation."""
+        head = self._log_softmax(self.head(hidden))
+        parts = [head[..., : self.shortlist]]
+        for i, tail in enumerate(self.tails):
+            cluster = head[..., self.shortlist + i].unsqueeze(-1)
+            parts.append(cluster + self._log_softmax(tail(hidden)))
+        return torch.cat(parts, dim=-1)
+
+    def target_log_prob(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p(targets) in fp32, shaped like targets; 0 where targets == IGNORE_INDEX.
+
+        hidden (..., d), targets (...). Each tail runs only on the rows whose targets it holds,
+        so a batch may leave a tail unused (data-parallel training must allow unused parameters).
+        """
+        shape = targets.shape
+        hidden = hidden.reshape(-1, hidden.size(-1))
+        targets = targets.reshape(-1)
+        if hidden.size(0) != targets.size(0):
+            raise ValueError(f"hidden has {hidden.size(0)} rows but targets {targets.size(0)}")
+        keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+        h, t = hidden.index_select(0, keep), targets.index_select(0, keep)
+        if t.numel() and (t.min() < 0 or t.max() >= self.vocab_size):
+            bad = t[(t < 0) | (t >= self.vocab_size)][0].item()
+            raise ValueError(f"target id {bad} is outside the vocabulary [0, {self.vocab_size})")
+
+        # Head: a head word scores itself, a tail word scores its cluster's logit.
+        head_target = t.clone()
+        members = []
+        for i in range(self.n_clusters):
+            lo, hi = self.bounds[i], self.bounds[i + 1]
+            rows = ((t >= lo) & (t < hi)).nonzero().squeeze(1)
+            head_target[rows] = self.shortlist + i
+            members.append(rows)
+        head = self._log_softmax(self.head(h))
+        out = head.gather(1, head_target.unsqueeze(1)).squeeze(1)
+
+        for i, rows in enumerate(members):
+            if rows.numel() == 0:
+                continue
+            tail = self._log_softmax(self.tails[i](h.index_select(0, rows)))
+            word = (t.index_select(0, rows) - self.bounds[i]).unsqueeze(1)
+            out = out.index_add(0, rows, tail.gather(1, word).squeeze(1))
+
+        result = torch.zeros(targets.size(0), dtype=out.dtype, device=out.device)
+        result = result.index_copy(0, keep, out)
+        return result.view(shape)
+
+    def flops_per_token(self, full: bool = True) -> int:
+        """Multiply-adds x 2 for one token: the head, plus every tail when `full` (log_prob)."""
+        flops = 2 * self.in_features * self.head.out_features
+        if full:
+            for tail in self.tails:
+                flops += 2 * sum(
+                    m.in_features * m.out_features for m in tail if hasattr(m, "in_features")
+                )
+        return flops

@@ -1,0 +1,70 @@
+"""LanguageModel: what every model in gcnn offers to training, evaluation and users.
+
+A subclass defines `forward(inputs, state) -> (hidden, state)`, `init_state`, `detach_state` and
+`config_dict`, and owns an AdaptiveSoftmax as `self.softmax`; everything that turns hidden states
+into probabilities lives here, so both families score text the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from gcnn.models.constants import IGNORE_INDEX
+
+
+class LanguageModel(nn.Module):
+    family: str = ""
+    is_recurrent: bool = False
+    softmax: nn.Module
+
+    @property
+    def receptive_field(self) -> int | None:
+        return None
+
+    def config_dict(self) -> dict:
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device=None):
+        raise NotImplementedError
+
+    def detach_state(self, state):
+        raise NotImplementedError
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, state=None):
+        """(summed NLL in fp32 over targets != IGNORE_INDEX, number of such targets, new state).
+
+        Sum rather than mean so that gradient accumulation and data-parallel ranks can divide by
+        the global token count. Adaptive-softmax tails run only for the targets that need them.
+        """
+        hidden, state = self(inputs, state)
+        log_probs = self.softmax.target_log_prob(hidden, targets)
+        count = (targets != IGNORE_INDEX).sum()
+        return -log_probs.sum(), count, state
+
+    def token_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, T) log p(targets[:, t] | inputs[:, :t+1]) in fp32; 0 where IGNORE_INDEX."""
+        hidden, _ = self(inputs)
+        return self.softmax.target_log_prob(hidden, targets)
+
+    def next_token_log_probs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) fp32: the full next-word distribution after every prefix inputs[:, :t+1]."""
+        hidden, _ = self(inputs)
+        return self.softmax.log_prob(hidden)
+
+    def step(self, tokens: torch.Tensor, state):
+        """Incremental decoding: tokens (B,) -> (log-probs (B, V) of the next word, new state)."""
+        hidden, state = self(tokens.unsqueeze(1), state)
+        return self.softmax.log_prob(hidden[:, 0]), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def remove_weight_norm(self) -> LanguageModel:
+        """Fold weight normalisation into plain weights (same outputs, faster inference)."""
+        for module in list(self.modules()):
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        return self

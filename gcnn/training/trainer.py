@@ -1,0 +1,835 @@
+"""The training loop: the paper's recipe, resumable to the exact update, on 1..N processes.
+
+One update = `grad_accum` micro-batches on each of `world_size` processes. The loss of an update
+is the summed NLL of all its scored targets divided by their GLOBAL number (counted before the
+forward passes), so gradient accumulation and data parallelism change nothing but speed: two
+processes compute the same update as one process on the same global batch.
+
+Everything the next update depends on (weights, optimizer and lr-schedule state, data position,
+the LSTM's carried state, RNG states) goes into checkpoint_last.pt, so `--resume` after a crash
+continues exactly where the checkpoint left off; on CPU in fp32 it reproduces an uninterrupted
+run bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from gcnn.checkpoint import FORMAT, VERSION, load_checkpoint, rng_state, save_checkpoint
+from gcnn.checkpoint import set_rng_state
+from gcnn.errors import GcnnError
+from gcnn.training.config import DATASETS, TrainConfig, to_toml
+
+IGNORE_INDEX = -100  # gcnn.data.IGNORE_INDEX; repeated so this module imports cheaply
+
+
+# --- resolving the defaults that depend on the model ------------------------------------------
+
+
+def is_small_preset(name: str) -> bool:
+    """The CPU-scale presets ("gcnn-small", "lstm-small") get the modern recipe by default."""
+    return name.endswith("-small")
+
+
+# Default stopping for the small presets on WikiText-2: a few minutes on two CPU cores.
+SMALL_MAX_UPDATES = 600
+PAPER_MAX_EPOCHS = 35  # fairseq's WikiText-103 recipe
+
+
+def resolve(config: TrainConfig, model=None) -> TrainConfig:
+    """Fill the fields left at None: the recipe follows the preset, the context the model."""
+    c = dataclasses.replace(config)
+    if c.optimizer is None:
+        c.optimizer = "adamw" if is_small_preset(c.model) else "nag"
+    nag = c.optimizer == "nag"
+    if c.lr is None:
+        c.lr = 1.0 if nag else 2e-3
+    if c.weight_decay is None:
+        c.weight_decay = 5e-6 if nag else 0.01
+    if c.clip_norm is None:
+        c.clip_norm = 0.1 if nag else 1.0
+    if c.max_epochs is None and c.max_updates is None and c.max_minutes is None:
+        if is_small_preset(c.model):
+            c.max_updates = SMALL_MAX_UPDATES
+        else:
+            c.max_epochs = PAPER_MAX_EPOCHS
+    if c.out is None:
+        name = c.data if c.data in DATASETS else Path(c.data).name
+        c.out = str(Path("runs") / f"{c.model}-{name}")
+    if model is not None:
+        if model.is_recurrent:
+            if c.context not in (None, 0):
+                raise GcnnError(f"--context {c.context}: LSTMs carry their state; drop --context")
+            c.context = 0
+        elif c.context is None:
+            c.context = max(0, (model.receptive_field or 1) - 1)
+    return c
+
+
+def model_overrides(config: TrainConfig) -> dict:
+    overrides = dict(config.model_args)
+    for name in ("dropout", "gating", "weight_norm"):
+        if getattr(config, name) is not None:
+            overrides[name] = getattr(config, name)
+    return overrides
+
+
+# --- the learning-rate schedules ---------------------------------------------------------------
+
+
+class LRSchedule:
+    """nag: constant lr, x lr_shrink whenever validation loss fails to improve (plateau).
+    adamw: linear warm-up, then cosine decay to min_lr at the horizon.
+
+    Written out instead of torch.optim.lr_scheduler so the whole state is three numbers in the
+    checkpoint and the lr of every update is a function of that state alone.
+    """
+
+    def __init__(self, config: TrainConfig, horizon: int | None, max_seconds: float | None):
+        self.kind = config.optimizer
+        self.base_lr = config.lr
+        self.min_lr = config.min_lr
+        self.shrink = config.lr_shrink
+        self.warmup = config.warmup_updates
+        self.horizon = horizon  # total updates; None: decay over max_minutes instead
+        self.max_seconds = max_seconds
+        self.plateau_lr = config.lr  # nag's current lr
+        self.best_loss = math.inf
+
+    def lr(self, step: int, elapsed: float) -> float:
+        if self.kind == "nag":
+            return self.plateau_lr
+        if step < self.warmup:
+            return self.base_lr * (step + 1) / self.warmup
+        if self.horizon is not None:
+            progress = (step - self.warmup) / max(1, self.horizon - self.warmup)
+        elif self.max_seconds:
+            progress = elapsed / self.max_seconds  # time-based: not bit-reproducible, documented
+        else:
+            progress = 0.0
+        progress = min(1.0, max(0.0, progress))
+        lo = min(self.min_lr, self.base_lr)
+        return lo + 0.5 * (self.base_lr - lo) * (1 + math.cos(math.pi * progress))
+
+    def on_validation(self, loss: float) -> None:
+        """fairseq's reduce-lr-on-plateau with patience 0: shrink after every non-improvement."""
+        if loss < self.best_loss:
+            self.best_loss = loss
+        elif self.kind == "nag":
+            self.plateau_lr *= self.shrink
+
+    def exhausted(self) -> bool:
+        return self.kind == "nag" and self.plateau_lr < self.min_lr
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "plateau_lr": self.plateau_lr, "best_loss": self.best_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau_lr = float(state["plateau_lr"])
+        self.best_loss = float(state["best_loss"])
+
+
+class LossModule(nn.Module):
+    """model.loss as a forward(), so DistributedDataParallel sees (and syncs) the whole loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, targets, state=None):
+        return self.model.loss(inputs, targets, state)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "nag":
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+    # AdamW: decay matrices (embeddings, convolution directions) but not biases and gains.
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+# --- distributed helpers -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: list[float], device) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(config: TrainConfig) -> tuple[Dist, torch.device]:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(config.device, local_rank if world_size > 1 else None)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world_size, local_rank), device
+
+
+def resolve_device(name: str, local_rank: int | None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GcnnError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise GcnnError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    return torch.device(name)
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
+    """"auto" means bf16 autocast where the hardware computes in bf16 natively (CUDA with bf16,
+    CPUs with AVX512-BF16 or AMX: several times faster there), fp32 elsewhere."""
+    if config.precision != "auto":
+        return config.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
+
+
+# --- state that must survive a restart ---------------------------------------------------------
+
+
+def _state_to_plain(state):
+    """The LSTM's carried (h, c) as a list of CPU tensors (None for GCNNs)."""
+    if state is None:
+        return None
+    return [s.detach().cpu() for s in state]
+
+
+def _state_from_plain(state, device):
+    if state is None:
+        return None
+    return tuple(s.to(device) for s in state)
+
+
+@dataclasses.dataclass
+class Progress:
+    step: int = 0  # optimizer updates done
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # next micro-batch of the epoch
+    tokens: int = 0  # scored targets trained on (global)
+    wall_s: float = 0.0  # training time over all sessions of this run
+    best_valid_loss: float = math.inf
+    best_step: int = -1
+    last_valid_loss: float = math.nan
+    last_valid_step: int = -1
+    bad_updates: int = 0  # non-finite losses skipped, in total
+    bad_in_row: int = 0
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume_ckpt: dict | None = None):
+        self.dist, self.device = init_distributed(config)
+        config = dataclasses.replace(config, precision=resolve_precision(config, self.device))
+        self.out = Path(resolve(config).out)
+        self.last_path = self.out / "checkpoint_last.pt"
+        self.best_path = self.out / "checkpoint_best.pt"
+        main = self.dist.is_main
+
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise GcnnError(
+                    "--tensorboard needs the tensorboard package: pip install 'gcnn[tensorboard]'"
+                ) from None
+        if config.compile and not hasattr(torch, "compile"):
+            raise GcnnError("--compile needs torch >= 2.0")
+
+        # Data: rank 0 builds the token cache first so ranks do not race to write it.
+        from gcnn.data import prepare_corpus
+
+        if not main:
+            self.dist.barrier()
+        self.corpus = prepare_corpus(
+            config.data,
+            tokenizer=config.tokenizer,
+            vocab_size=config.vocab_size,
+            splits=("train", "valid"),
+            progress=main and config.progress,
+        )
+        if main:
+            self.dist.barrier()
+        if "train" not in self.corpus.splits or "valid" not in self.corpus.splits:
+            raise GcnnError(f"corpus {self.corpus.directory} needs a train and a valid split")
+        self.tokenizer = self.corpus.tokenizer
+        self.fingerprint = self.tokenizer.fingerprint()
+
+        # Model: every rank builds the same initial weights from the seed.
+        from gcnn.models import build_model
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, self.tokenizer.vocab_size, **model_overrides(config))
+        self.config = config = resolve(config, self.model)
+        self.check_run_dir(resume_ckpt)
+        self.model.to(self.device)
+
+        # Batches: `tokens_per_batch` scored tokens per update over all ranks and accum steps.
+        self.rows = config.tokens_per_batch // (
+            config.block_size * self.dist.world_size * config.grad_accum
+        )
+        if self.rows < 1:
+            raise GcnnError(
+                f"--tokens-per-batch {config.tokens_per_batch} is smaller than one block per "
+                f"micro-batch (block size {config.block_size} x {self.dist.world_size} process(es)"
+                f" x grad-accum {config.grad_accum}); raise it or lower --block-size"
+            )
+        self.train_batches = self.make_batcher(self.corpus.splits["train"], shuffle=True)
+        valid = self.corpus.splits["valid"]
+        if config.valid_tokens is not None:
+            valid = valid[: config.valid_tokens]
+        self.valid_batches = self.make_batcher(valid, shuffle=False)
+        self.updates_per_epoch = len(self.train_batches) // config.grad_accum
+        if self.updates_per_epoch < 1:
+            raise GcnnError(
+                f"the training split of {config.data} is smaller than one update "
+                f"({config.tokens_per_batch} tokens); lower --tokens-per-batch"
+            )
+
+        # Optimisation.
+        self.optimizer = make_optimizer(self.model, config)
+        horizon = None
+        if config.max_updates is not None:
+            horizon = config.max_updates
+        if config.max_epochs is not None:
+            by_epochs = config.max_epochs * self.updates_per_epoch
+            horizon = by_epochs if horizon is None else min(horizon, by_epochs)
+        self.horizon = horizon
+        max_seconds = None if config.max_minutes is None else 60 * config.max_minutes
+        self.max_seconds = max_seconds
+        self.schedule = LRSchedule(config, horizon, max_seconds)
+        self.progress = Progress()
+        self.train_state = None  # the LSTM's carried state
+        self.saved_step = -1
+
+        # The step the loss is taken through: DDP (unused adaptive-softmax tails allowed), compile.
+        if config.compile:
+            self.model.compile()  # in place: state_dict keys stay the same
+        self.loss_module = LossModule(self.model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = DistributedDataParallel(
+                self.loss_module, device_ids=ids, find_unused_parameters=True
+            )
+
+        if resume_ckpt is not None:
+            self.restore(resume_ckpt)
+        elif self.dist.rank > 0:
+            torch.manual_seed(config.seed + self.dist.rank)  # distinct dropout masks per rank
+
+    # -- setup helpers ---------------------------------------------------------------------------
+
+    def make_batcher(self, tokens, shuffle: bool):
+        from gcnn.data import BlockBatcher, StreamBatcher
+
+        c, d = self.config, self.dist
+        eos = self.tokenizer.eos_id
+        if self.model.is_recurrent:
+            return StreamBatcher(tokens, eos, c.block_size, self.rows, c.seed, d.rank, d.world_size)
+        return BlockBatcher(
+            tokens, eos, c.block_size, self.rows, c.context, shuffle, c.seed, d.rank, d.world_size
+        )
+
+    def check_run_dir(self, resume_ckpt: dict | None) -> None:
+        """Refuse to overwrite another run; refuse to resume a checkpoint of another model."""
+        model_config = self.model.config_dict()
+        if resume_ckpt is not None:
+            if resume_ckpt["model_config"] != model_config:
+                theirs = resume_ckpt["model_config"].get("name", "?")
+                raise GcnnError(
+                    f"{self.last_path} is a checkpoint of another model ({theirs}, different "
+                    f"settings) than --model {self.config.model} with these overrides; "
+                    "resume with the run's own settings or choose another --out"
+                )
+            if resume_ckpt["vocab_fingerprint"] != self.fingerprint:
+                raise GcnnError(
+                    f"{self.last_path} was trained on another vocabulary than {self.config.data}"
+                    f" ({self.config.tokenizer} tokenizer); resume with the run's own data"
+                )
+            return
+        for path in (self.last_path, self.best_path):
+            if not path.exists():
+                continue
+            why = "already holds a checkpoint"
+            try:
+                other = load_checkpoint(path)
+                if other["model_config"] != model_config:
+                    why = f"holds a checkpoint of another model ({other['model_config'].get('name')})"
+                elif other["vocab_fingerprint"] != self.fingerprint:
+                    why = "holds a checkpoint trained on another vocabulary"
+            except GcnnError:
+                why = "holds an unreadable checkpoint"
+            raise GcnnError(
+                f"run directory {self.out} {why} ({path.name}); pass --resume to continue that "
+                "run or choose another --out (nothing was overwritten)"
+            )
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
+        known = {f.name for f in dataclasses.fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in ckpt["metrics"].items() if k in known})
+        position = ckpt["data_position"]
+        self.progress.epoch, self.progress.batch = int(position["epoch"]), int(position["batch"])
+        self.progress.step = int(ckpt["step"])
+        self.train_state = _state_from_plain(position.get("state"), self.device)
+        if self.dist.is_main:
+            set_rng_state(ckpt["rng"])
+        else:  # other ranks' generators were not saved: reseed them from (seed, rank, step)
+            torch.manual_seed(self.config.seed + 1000003 * self.dist.rank + self.progress.step)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict:
+        p = self.progress
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_config": self.model.config_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "tokenizer": self.tokenizer.state_dict(),
+            "vocab_fingerprint": self.fingerprint,
+            "train_config": self.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "step": p.step,
+            "epoch": p.epoch,
+            "data_position": {
+                "epoch": p.epoch,
+                "batch": p.batch,
+                "state": _state_to_plain(self.train_state),
+            },
+            "rng": rng_state(),
+            "metrics": {
+                **dataclasses.asdict(p),
+                "best_valid_ppl": _ppl(p.best_valid_loss),
+                "world_size": self.dist.world_size,
+            },
+        }
+
+    def save(self, best: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        # Never write NaN weights: a skipped update keeps them finite, so this is a bug guard.
+        for name, param in self.model.state_dict().items():
+            if param.is_floating_point() and not torch.isfinite(param).all():
+                raise GcnnError(f"refusing to save non-finite weights ({name}) at step {self.step}")
+        ckpt = self.checkpoint()
+        save_checkpoint(self.last_path, ckpt)
+        self.saved_step = self.step
+        if best:
+            save_checkpoint(self.best_path, ckpt)
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def autocast(self):
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
+        )
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean NLL per target over the whole validation split (all ranks together)."""
+        self.model.eval()
+        total, count = 0.0, 0.0
+        state = None
+        if self.model.is_recurrent:
+            state = self.model.init_state(self.rows, self.device)
+        for inputs, targets in self.valid_batches.epoch(0):
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with self.autocast():
+                loss_sum, n, state = self.model.loss(inputs, targets, state)
+            total += float(loss_sum)
+            count += float(n)
+        self.model.train()
+        total, count = self.dist.all_sum([total, count], self.device)
+        return total / max(count, 1.0)
+
+    # -- one update ------------------------------------------------------------------------------
+
+    def next_micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The grad_accum micro-batches of the next update, moving to a new epoch when needed."""
+        c, p = self.config, self.progress
+        if p.batch + c.grad_accum > len(self.train_batches):  # drop an epoch's ragged tail
+            p.epoch, p.batch = p.epoch + 1, 0
+            self.train_state = None
+        batches = [self.train_batches.batch(p.epoch, p.batch + i) for i in range(c.grad_accum)]
+        p.batch += c.grad_accum
+        return batches
+
+    def update(self, stop_local: bool) -> tuple[float, float, bool, bool]:
+        """One optimizer update; returns (global loss sum, global count, skipped, stop)."""
+        c = self.config
+        micro = self.next_micro_batches()
+        local_count = sum(int((t != IGNORE_INDEX).sum()) for _, t in micro)
+        (global_count,) = self.dist.all_sum([local_count], self.device)
+        # DDP averages gradients over ranks; scale so the result is sum / GLOBAL count.
+        scale = self.dist.world_size / max(global_count, 1.0)
+        loss_total = 0.0
+        lr = self.schedule.lr(self.step, self.progress.wall_s)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for i, (inputs, targets) in enumerate(micro):
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and not last:
+                sync = self.loss_module.no_sync()
+            with sync:
+                with self.autocast():
+                    loss_sum, _, state = self.loss_module(inputs, targets, self.train_state)
+                (loss_sum * scale).backward()
+            if self.model.is_recurrent:
+                self.train_state = self.model.detach_state(state)
+            loss_total += float(loss_sum.detach())
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = c.clip_norm if c.clip_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        local_bad = not (math.isfinite(loss_total) and math.isfinite(grad_norm))
+        loss_sum_g, bad, stop = self.dist.all_sum(
+            [loss_total if not local_bad else 0.0, float(local_bad), float(stop_local)],
+            self.device,
+        )
+        skipped = bad > 0
+        if skipped:  # a NaN/inf anywhere: no rank steps, the weights stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.progress.step += 1
+        return loss_sum_g, global_count, skipped, stop > 0
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        c, p, main = self.config, self.progress, self.dist.is_main
+        if main:
+            config_text = to_toml(c)
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.out / "config.toml", config_text)
+            self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=p.step)
+            self.tb = None
+            if c.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            self.describe()
+        bar = self.progress_bar()
+        stopper = SignalStopper()
+        exit_code, reason = 0, "done"
+        interval = {"loss": 0.0, "count": 0.0, "t0": time.perf_counter(), "updates": 0}
+        session_t0 = time.perf_counter() - p.wall_s
+        self.model.train()
+        with stopper:
+            while True:
+                reason = self.stop_reason()
+                if reason:
+                    break
+                loss_sum, count, skipped, stop = self.update(stopper.signum is not None)
+                p.wall_s = time.perf_counter() - session_t0
+                if skipped:
+                    p.bad_updates += 1
+                    p.bad_in_row += 1
+                    self.log_line(f"step {self.step}: non-finite loss, update skipped")
+                    if p.bad_in_row >= c.max_bad_updates:
+                        raise GcnnError(
+                            f"training diverged: {p.bad_in_row} updates in a row had a NaN/inf "
+                            f"loss (after update {self.step}); {self.last_path} holds the last "
+                            "good state; lower --lr or --clip-norm, or use --precision fp32"
+                        )
+                else:
+                    p.bad_in_row = 0
+                    p.tokens += int(count)
+                    interval["loss"] += loss_sum
+                    interval["count"] += count
+                    interval["updates"] += 1
+                if bar is not None:
+                    bar.update(1)
+                if interval["updates"] and self.step % c.log_every == 0 and not skipped:
+                    self.log_train(interval, bar)
+                end_of_epoch = p.batch + c.grad_accum > len(self.train_batches)
+                due = (c.valid_every and self.step % c.valid_every == 0) or (
+                    not c.valid_every and end_of_epoch
+                )
+                if due and not skipped:
+                    self.run_validation(bar)
+                    interval["t0"] = time.perf_counter()
+                elif c.save_every and self.step % c.save_every == 0 and not skipped:
+                    self.save()
+                if stop:
+                    signum = stopper.signum or signal.SIGTERM  # another rank got the signal
+                    exit_code = 128 + int(signum)
+                    reason = f"stopped by {signal.Signals(signum).name}"
+                    break
+            if exit_code == 0 and p.last_valid_step != self.step:
+                self.run_validation(bar)  # saves
+            elif self.saved_step != self.step:
+                self.save()
+        if bar is not None:
+            bar.close()
+        summary = {
+            "exit_code": exit_code,
+            "reason": reason,
+            "step": self.step,
+            "best_valid_loss": p.best_valid_loss,
+            "best_valid_ppl": _ppl(p.best_valid_loss),
+            "best_checkpoint": str(self.best_path),
+            "last_checkpoint": str(self.last_path),
+            "wall_s": p.wall_s,
+        }
+        if main:
+            self.metrics.close()
+            if self.tb is not None:
+                self.tb.close()
+            if exit_code:
+                print(
+                    f"{reason} after update {self.step}: saved {self.last_path}; "
+                    f"continue with --resume --out {self.out}",
+                    flush=True,
+                )
+            else:
+                print(
+                    f"{reason}: best valid ppl {_ppl(p.best_valid_loss):.2f} (update "
+                    f"{p.best_step}), checkpoint {self.best_path}",
+                    flush=True,
+                )
+        if self.dist.enabled:
+            dist.barrier()
+        return summary
+
+    def stop_reason(self) -> str:
+        c, p = self.config, self.progress
+        if c.max_updates is not None and p.step >= c.max_updates:
+            return f"reached --max-updates {c.max_updates}"
+        if c.max_epochs is not None:
+            if p.epoch >= c.max_epochs or (
+                p.epoch == c.max_epochs - 1 and p.batch + c.grad_accum > len(self.train_batches)
+            ):
+                return f"reached --max-epochs {c.max_epochs}"
+        if self.max_seconds is not None:
+            # any rank's clock may decide, but all ranks stop after the same update
+            (over,) = self.dist.all_sum([float(p.wall_s >= self.max_seconds)], self.device)
+            if over > 0:
+                return f"reached --max-minutes {c.max_minutes:g}"
+        if self.schedule.exhausted():
+            return f"learning rate fell below --min-lr {c.min_lr:g}"
+        return ""
+
+    def run_validation(self, bar) -> None:
+        p = self.progress
+        loss = self.validate()
+        p.last_valid_loss, p.last_valid_step = loss, self.step
+        improved = loss < p.best_valid_loss
+        if improved:
+            p.best_valid_loss, p.best_step = loss, self.step
+        self.schedule.on_validation(loss)
+        lr = self.schedule.lr(self.step, p.wall_s)
+        if self.dist.is_main:
+            self.metrics.write(self.record(valid_loss=loss, valid_ppl=_ppl(loss), lr=lr))
+            if self.tb is not None:
+                self.tb.add_scalar("valid/ppl", _ppl(loss), self.step)
+            mark = " (best)" if improved else ""
+            self.log_line(
+                f"update {self.step} epoch {self.epoch_float():.2f}: valid loss {loss:.4f} "
+                f"ppl {_ppl(loss):.2f}{mark} lr {lr:.3g}",
+                bar,
+            )
+        self.save(best=improved)
+
+    def log_train(self, interval: dict, bar) -> None:
+        seconds = max(time.perf_counter() - interval["t0"], 1e-9)
+        loss = interval["loss"] / max(interval["count"], 1.0)
+        rate = interval["count"] / seconds
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.dist.is_main:
+            self.metrics.write(self.record(train_loss=loss, lr=lr, tokens_per_s=rate))
+            if self.tb is not None:
+                self.tb.add_scalar("train/loss", loss, self.step)
+                self.tb.add_scalar("train/lr", lr, self.step)
+            if bar is not None:
+                bar.set_postfix(
+                    loss=f"{loss:.3f}", ppl=f"{_ppl(loss):.1f}", lr=f"{lr:.2g}", tok_s=f"{rate:.0f}"
+                )
+        interval.update(loss=0.0, count=0.0, t0=time.perf_counter(), updates=0)
+
+    def record(self, **values) -> dict:
+        p = self.progress
+        row = {
+            "step": p.step,
+            "epoch": round(self.epoch_float(), 4),
+            "tokens": p.tokens,
+            "train_loss": None,
+            "valid_loss": None,
+            "valid_ppl": None,
+            "lr": None,
+            "tokens_per_s": None,
+            "wall_s": round(p.wall_s, 3),
+        }
+        row.update(values)
+        return row
+
+    def epoch_float(self) -> float:
+        return self.progress.epoch + self.progress.batch / max(len(self.train_batches), 1)
+
+    def progress_bar(self):
+        if not (self.config.progress and self.dist.is_main):
+            return None
+        from tqdm import tqdm
+
+        total = self.horizon
+        return tqdm(total=total, initial=self.step, unit="upd", dynamic_ncols=True, smoothing=0.1)
+
+    def log_line(self, text: str, bar=None) -> None:
+        if not self.dist.is_main:
+            return
+        if bar is not None:
+            bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def describe(self) -> None:
+        c = self.config
+        n = sum(p.numel() for p in self.model.parameters())
+        horizon = f"{self.horizon} updates" if self.horizon else f"{c.max_minutes:g} minutes"
+        resumed = f", resuming at update {self.step}" if self.step else ""
+        self.log_line(
+            f"{c.model}: {n / 1e6:.2f}M parameters, vocabulary {self.tokenizer.vocab_size}, "
+            f"context {c.context}; {c.optimizer} lr {c.lr:g}; {self.rows} x {c.block_size} "
+            f"tokens x {c.grad_accum} accum x {self.dist.world_size} proc per update; "
+            f"{self.updates_per_epoch} updates/epoch; {horizon} on {self.device} "
+            f"({c.precision}){resumed}; run dir {self.out}"
+        )
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+# --- files and signals -------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per line; on resume, lines past the checkpoint are dropped
+    (the killed session logged updates that the resumed one is about to redo)."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        if path.exists():
+            kept = []
+            if resume_step > 0:
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        if json.loads(line)["step"] <= resume_step:
+                            kept.append(line)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut short by the kill
+            _atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class SignalStopper:
+    """SIGINT/SIGTERM ask the loop to stop after the current update (and save); a second
+    Ctrl-C interrupts at once. Only installed in the main thread of the main interpreter."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train(config: TrainConfig, resume_ckpt: dict | None = None) -> dict:
+    """Train with `config` (resuming from `resume_ckpt` if given); returns a summary dict."""
+    return Trainer(config, resume_ckpt).fit()

@@ -1,0 +1,170 @@
+"""Downloading against a real HTTP server on 127.0.0.1 (never anything else)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from gcnn.data import prepare_corpus
+from gcnn.data.__main__ import main
+from gcnn.data.download import download_corpus
+from gcnn.errors import GcnnError, run_cli
+
+SPLITS_TEXT = {
+    "train": " = Title = \n \n the cat sat on the mat . \n",
+    "valid": " the cat . \n",
+    "test": " the mat . \n \n",
+}
+
+
+def make_zip(texts: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("wikitext-2/", "")
+        for split, text in texts.items():
+            zf.writestr(f"wikitext-2/wiki.{split}.tokens", text)
+    return buffer.getvalue()
+
+
+GOOD = make_zip(SPLITS_TEXT)
+OTHER = make_zip({**SPLITS_TEXT, "test": " something else \n"})
+GOOD_MD5 = hashlib.md5(GOOD).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/wikitext-2-v1.zip":
+            body, length = GOOD, len(GOOD)
+        elif self.path == "/other.zip":
+            body, length = OTHER, len(OTHER)
+        elif self.path == "/dies.zip":  # promises the whole archive, sends half, hangs up
+            body, length = GOOD[: len(GOOD) // 2], len(GOOD)
+        elif self.path == "/notzip":
+            body = b"this is not a zip file"
+            length = len(body)
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch, tmp_path):
+    # A proxy from the environment must not take loopback requests elsewhere.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.delenv("GCNN_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/wikitext-2-v1.zip"  # nothing listens there any more
+
+
+def assert_nothing_left(root: Path):
+    """No corpus directory, no archive, no .part file: nothing that looks complete."""
+    leftovers = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    assert leftovers == [], leftovers
+
+
+def get(root, *urls, md5=GOOD_MD5):
+    return download_corpus("wikitext-2", root=root, urls=list(urls), md5=md5, progress=False)
+
+
+def test_download_verifies_and_extracts(server, tmp_path):
+    root = tmp_path / "data"
+    path = get(root, f"{server}/wikitext-2-v1.zip")
+    assert path == root / "wikitext-2"
+    for split, text in SPLITS_TEXT.items():
+        assert (path / f"wiki.{split}.tokens").read_text() == text
+    assert sorted(p.name for p in root.iterdir()) == ["wikitext-2"]  # archive and .part gone
+    corpus = prepare_corpus(path)
+    assert corpus.stats["train"]["tokens"] == 13 and corpus.stats["test"]["lines"] == 2
+    # A complete corpus is not fetched again (this URL would fail).
+    assert get(root, closed_port_url()) == path
+
+
+def test_checksum_mismatch_leaves_nothing(server, tmp_path):
+    root = tmp_path / "data"
+    with pytest.raises(GcnnError, match="MD5") as info:
+        get(root, f"{server}/other.zip")
+    assert "other.zip" in str(info.value) and "--url" in str(info.value)
+    assert_nothing_left(root)
+
+
+def test_server_dying_mid_transfer_leaves_nothing(server, tmp_path):
+    root = tmp_path / "data"
+    with pytest.raises(GcnnError, match="dies.zip: transfer cut short"):
+        get(root, f"{server}/dies.zip")
+    assert_nothing_left(root)
+
+
+def test_falls_back_to_the_next_mirror(server, tmp_path):
+    root = tmp_path / "data"
+    urls = [closed_port_url(), f"{server}/missing.zip", f"{server}/dies.zip"]
+    path = get(root, *urls, f"{server}/wikitext-2-v1.zip")
+    assert (path / "wiki.valid.tokens").read_text() == SPLITS_TEXT["valid"]
+
+
+def test_no_network_is_a_one_line_error(tmp_path, capsys):
+    root = tmp_path / "data"
+    argv = ["download", "wikitext-2", "--root", str(root), "--url", closed_port_url()]
+    assert run_cli(lambda: main(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download wikitext-2-v1.zip") and "cannot connect" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert_nothing_left(root)
+
+
+def test_an_archive_that_is_not_a_zip(server, tmp_path):
+    root = tmp_path / "data"
+    bad_md5 = hashlib.md5(b"this is not a zip file").hexdigest()
+    with pytest.raises(GcnnError, match="not a valid zip"):
+        get(root, f"{server}/notzip", md5=bad_md5)
+    assert_nothing_left(root)
+
+
+def test_named_corpus_downloads_on_first_use(server, tmp_path, monkeypatch):
+    import gcnn.data.download as download_module
+
+    monkeypatch.setenv("GCNN_DATA", str(tmp_path / "data"))
+    monkeypatch.setitem(
+        download_module.ARCHIVES,
+        "wikitext-2",
+        {**download_module.ARCHIVES["wikitext-2"], "urls": [f"{server}/wikitext-2-v1.zip"]},
+    )
+    monkeypatch.setattr(download_module, "USER_AGENT", "test")
+    with pytest.raises(GcnnError, match="MD5"):  # the official checksum guards the default
+        prepare_corpus("wikitext-2", download=True)
+    download_module.ARCHIVES["wikitext-2"]["md5"] = GOOD_MD5
+    corpus = prepare_corpus("wikitext-2", download=True)
+    assert corpus.directory == tmp_path / "data" / "wikitext-2"
