@@ -11,6 +11,8 @@ the real valid/test splits. Prints seconds and MB/s for the build and for loadin
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -31,6 +33,17 @@ def build_corpus(source: Path, target: Path, repeat: int) -> int:
     return sum((target / f"{s}.txt").stat().st_size for s in ("train", "valid", "test"))
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished worker processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="wikitext-2", help="corpus whose train is repeated")
@@ -44,16 +57,19 @@ def main() -> None:
         size = build_corpus(resolve_corpus(args.source), work, args.repeat)
         mb = size / 1e6
         print(f"corpus: {mb:.0f} MB of text ({args.repeat} x {args.source} train + valid/test)")
+        print(f"cores : {os.cpu_count()}, load average before: {load_average()}")
 
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), cpu_seconds()
         corpus = prepare_corpus(work, args.tokenizer, cache_dir=work / "cache")
-        build = time.perf_counter() - start
+        build, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         tokens = sum(s["tokens"] for s in corpus.stats.values())
         print(
             f"build : {build:7.2f} s  {mb / build:7.1f} MB/s  "
             f"{tokens / build / 1e6:6.2f} M tokens/s"
         )
         print(f"        {tokens:,} tokens, vocabulary {corpus.tokenizer.vocab_size:,}")
+        # Wall time depends on what else runs on the machine; CPU time much less so.
+        print(f"        CPU {cpu:.1f} s (this process + workers), load average {load_average()}")
         del corpus
 
         start = time.perf_counter()

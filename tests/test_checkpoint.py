@@ -59,7 +59,9 @@ def test_roundtrip_is_weights_only_and_atomic(tmp_path, tiny_corpus):
     inputs = torch.randint(0, tok.vocab_size, (2, 9))
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model.token_log_probs(inputs, inputs), loaded.token_log_probs(inputs, inputs))
+        assert torch.equal(
+            model.token_log_probs(inputs, inputs), loaded.token_log_probs(inputs, inputs)
+        )
     assert back["data_position"] == {"epoch": 0, "batch": 3, "state": None}
 
 

@@ -108,24 +108,30 @@ def test_perplexity_is_exact_for_any_block_and_batch_size(corpus, family):
     tokens = corpus.splits["valid"]
     eos = corpus.tokenizer.eos_id
     reference = full_sequence_nll(model, tokens, eos)
-    for block_size, batch_size in [(5, 1), (16, 3), (64, 8), (1000, 2)]:
+    for block_size, batch_size in [(5, 1), (16, 3), (1000, 2)]:
         nll, count = corpus_nll(model, tokens, eos, block_size=block_size, batch_size=batch_size)
         assert count == len(tokens)
         assert nll == pytest.approx(reference, rel=1e-5), (block_size, batch_size)
 
 
 def test_gcnn_without_history_would_differ(corpus):
-    """The test above has teeth: blocks with no history in front score differently."""
+    """The test above has teeth: blocks with no history in front score tokens differently."""
     from gcnn.data import BlockBatcher
 
     model = tiny_model("gcnn", corpus.tokenizer.vocab_size)
     tokens = corpus.splits["valid"]
     eos = corpus.tokenizer.eos_id
-    nll = 0.0
+    t = torch.from_numpy(tokens.astype(np.int64))[None]
+    x = torch.cat([torch.tensor([[eos]]), t[:, :-1]], dim=1)
     with torch.inference_mode():
+        exact = model.token_log_probs(x, t)[0]
+        cut = []
         for inputs, targets in BlockBatcher(tokens, eos, 5, 4, context=0).epoch(0):
-            nll -= float(model.token_log_probs(inputs, targets).double().sum())
-    assert abs(nll - full_sequence_nll(model, tokens, eos)) > 1e-3 * abs(nll)
+            lp = model.token_log_probs(inputs, targets)
+            cut.append(lp[targets != IGNORE_INDEX])
+    diff = (torch.cat(cut) - exact).abs()
+    assert diff[:5].max() < 1e-5  # the first block has no history either way
+    assert diff.max() > 1e-2  # later blocks lose theirs
 
 
 def test_perplexity_cli_json(checkpoint, corpus, capsys):
@@ -154,11 +160,15 @@ def test_perplexity_on_real_wikitext2(wikitext2_dir, tmp_path, capsys):
     assert np.array_equal(split.tokens, corpus.splits["test"])  # same ids as the data pipeline
 
 
-def test_subword_perplexity_reports_per_word(tmp_path, capsys):
+@pytest.fixture
+def sp_corpus(tmp_path):
+    # built outside capsys: sentencepiece's trainer needs a real sys.stderr file descriptor
     directory = write_synthetic_corpus(tmp_path / "sp", lines=300)
-    corpus = prepare_corpus(
-        directory, tokenizer="sentencepiece", vocab_size=60, cache_dir=tmp_path / "c"
-    )
+    return prepare_corpus(directory, tokenizer="sentencepiece", vocab_size=60, cache_dir=tmp_path)
+
+
+def test_subword_perplexity_reports_per_word(sp_corpus, tmp_path, capsys):
+    corpus, directory = sp_corpus, sp_corpus.directory
     tok = corpus.tokenizer
     model = tiny_model("gcnn", tok.vocab_size)
     path = write_checkpoint(tmp_path / "sp.pt", model, tok)
@@ -183,7 +193,9 @@ def test_vocabulary_mismatch_is_an_error(checkpoint, tmp_path, capsys):
     assert err.startswith("error: vocabulary mismatch") and err.count("\n") == 1
     assert "'completely'" in err
     # the user can insist: unknown words are then scored as <unk>
-    code, out, err = run_main(["perplexity", path, "--data", other, "--allow-oov", "--json"], capsys)
+    code, out, err = run_main(
+        ["perplexity", path, "--data", other, "--allow-oov", "--json"], capsys
+    )
     assert code == 0 and json.loads(out)["tokens"] == 20 * 5 and "unknown words" in err
 
 
@@ -208,7 +220,9 @@ def test_score_equals_per_sentence_perplexity_path(checkpoint, corpus, tmp_path,
         assert -r["logprob"] == pytest.approx(nll, rel=1e-5, abs=1e-5)
         assert r["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
     total = sum(r["logprob"] for r in records)
-    one_by_one = sum(s for s, _ in score_token_ids(model, [tok.encode(x) for x in lines], tok.eos_id, 1))
+    one_by_one = sum(
+        s for s, _ in score_token_ids(model, [tok.encode(x) for x in lines], tok.eos_id, 1)
+    )
     assert total == pytest.approx(one_by_one, rel=1e-6)  # batching changes nothing
 
 
@@ -245,10 +259,10 @@ def test_score_reads_stdin_and_prints_tsv(checkpoint, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "config",
     [
-        SamplingConfig(max_tokens=40, seed=1),
-        SamplingConfig(max_tokens=40, seed=2, temperature=0.7, top_k=8),
-        SamplingConfig(max_tokens=40, seed=3, temperature=1.3, top_p=0.8),
-        SamplingConfig(max_tokens=20, temperature=0),
+        SamplingConfig(max_tokens=25, seed=1),
+        SamplingConfig(max_tokens=25, seed=2, temperature=0.7, top_k=8),
+        SamplingConfig(max_tokens=25, seed=3, temperature=1.3, top_p=0.8),
+        SamplingConfig(max_tokens=10, temperature=0),
     ],
 )
 def test_incremental_sampling_equals_full_recomputation(corpus, family, config):

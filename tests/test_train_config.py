@@ -56,7 +56,9 @@ def test_paper_presets_default_to_the_nag_recipe():
 
 
 def test_resolved_config_roundtrips_through_toml(tmp_path):
-    c = resolve(config_from(["--model-arg", 'blocks=[{layers=[[3, 16]], repeat=2}]', "--seed", "7"]))
+    c = resolve(
+        config_from(["--model-arg", "blocks=[{layers=[[3, 16]], repeat=2}]", "--seed", "7"])
+    )
     path = tmp_path / "config.toml"
     path.write_text(to_toml(c))
     back = TrainConfig.from_dict(load_toml(path))

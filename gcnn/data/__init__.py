@@ -6,6 +6,7 @@ See docs/design.md ("gcnn.data") for the contract and docs/data.md for the user 
 from gcnn.data.batches import IGNORE_INDEX, BlockBatcher, SentenceBatcher, StreamBatcher
 from gcnn.data.cache import atomic_write
 from gcnn.data.corpus import SPLITS, find_split_files, read_chunks, resolve_corpus
+from gcnn.data.download import download_corpus
 from gcnn.data.prepare import Corpus, prepare_corpus
 from gcnn.data.tokenizer import (
     SentencePieceTokenizer,
@@ -25,6 +26,7 @@ __all__ = [
     "Tokenizer",
     "WordTokenizer",
     "atomic_write",
+    "download_corpus",
     "find_split_files",
     "prepare_corpus",
     "read_chunks",

@@ -126,6 +126,27 @@ class CacheEntry:
         self.settings = {"format": FORMAT_VERSION, **settings}
         self.path = self.cache_dir / f"{kind}-{settings_key(settings)}"
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold an exclusive lock on this entry while checking and (re)building it.
+
+        Best effort: without fcntl (Windows) or a writable cache directory, no lock is taken;
+        the atomic rename in save() still keeps the entry consistent.
+        """
+        try:
+            import fcntl
+
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.cache_dir / f".{self.path.name}.lock", "a+b")  # noqa: SIM115
+        except (ImportError, OSError):
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            handle.close()  # closing releases the lock
+
     def load(self, files: dict[str, Path]):
         """(meta, tokenizer state, {split: memmap}) if the entry is complete and current, else None.
 
@@ -185,8 +206,15 @@ class CacheEntry:
             _fsync_dir(tmp)
             old = self.cache_dir / f".{self.path.name}.old-{os.getpid()}"
             if self.path.exists():
+                shutil.rmtree(old, ignore_errors=True)
                 os.replace(self.path, old)
-            os.replace(tmp, self.path)
+            try:
+                os.replace(tmp, self.path)
+            except OSError:
+                if not self.path.exists():  # not a race with another writer: a real failure
+                    raise
+                # Another process without the lock (e.g. no fcntl) put its entry there first:
+                # both were built from the same sources, so keep theirs.
             _fsync_dir(self.cache_dir)
             shutil.rmtree(old, ignore_errors=True)
         except BaseException:

@@ -21,7 +21,7 @@ from gcnn.errors import GcnnError
 SPLITS = ("train", "valid", "test")
 KNOWN_CORPORA = ("wikitext-2", "wikitext-103")
 COMPRESSIONS = {"": open, ".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
-CHUNK_BYTES = 1 << 24  # 16 MiB: big enough to amortise Python overhead, small enough for memory
+CHUNK_BYTES = 1 << 22  # 4 MiB: amortises per-call overhead; small enough to stay in cache
 
 
 def data_root() -> Path:
@@ -35,7 +35,7 @@ def resolve_corpus(name_or_dir: str | os.PathLike, download: bool = False) -> Pa
     With download=True a missing named corpus is fetched into ./data (or $GCNN_DATA) first.
     """
     name = str(name_or_dir)
-    if name in KNOWN_CORPORA and not Path(name).is_dir():
+    if name in KNOWN_CORPORA:  # a local directory of that name: pass it as ./wikitext-2
         path = data_root() / name
         if not path.is_dir() and download:
             from gcnn.data.download import download_corpus
@@ -86,20 +86,32 @@ def open_binary(path: Path):
         raise GcnnError(f"cannot open {path}: {err.strerror or err}") from None
 
 
-def read_chunks(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES, progress=None):
+def read_chunks(
+    path: str | os.PathLike,
+    chunk_bytes: int | None = None,
+    progress=None,
+    start: int = 0,
+    end: int | None = None,
+):
     """Yield the file's text in chunks that each end at a line break (the last one may not).
 
-    Concatenating the chunks gives the whole file, decoded as strict UTF-8. `progress` (a tqdm
-    bar or None) is advanced by decompressed bytes. Errors name the file and what to do:
-    bytes that are not UTF-8 (with the byte offset), a truncated or corrupt archive.
+    Concatenating the chunks gives the whole file (or, for a plain file, the bytes
+    [start, end), which should begin at a line start), decoded as strict UTF-8. `progress` (a
+    tqdm bar or None) is advanced by decompressed bytes. Errors name the file and what to do:
+    bytes that are not UTF-8 (with the line and byte offset), a truncated or corrupt archive.
     """
     path = Path(path)
-    offset = lines = 0
-    rest = b""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    offset, rest = start, b""
+    lines = 0 if start == 0 else None  # line numbers are only known when reading from the top
+    remaining = float("inf") if end is None else end - start
     try:
         with open_binary(path) as f:
+            if start:
+                f.seek(start)
             while True:
-                block = f.read(chunk_bytes)
+                block = f.read(int(min(chunk_bytes, remaining)))
+                remaining -= len(block)
                 if progress is not None:
                     progress.update(len(block))
                 if not block:
@@ -112,7 +124,8 @@ def read_chunks(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES, progres
                 rest = block[cut:]
                 yield _decode(block[:cut], path, offset, lines)
                 offset += cut
-                lines += block.count(b"\n", 0, cut)
+                if lines is not None:
+                    lines += block.count(b"\n", 0, cut)
             if rest:
                 yield _decode(rest, path, offset, lines)
     except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error, OSError) as err:
@@ -123,15 +136,30 @@ def read_chunks(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES, progres
         ) from None
 
 
-def _decode(data: bytes, path: Path, offset: int, lines_before: int) -> str:
+def line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
+    """Cut a plain file into `parts` byte ranges that each start at a line start."""
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            f.seek(max(size * k // parts, cuts[-1]))
+            f.readline()  # finish the line we landed in
+            cuts.append(min(f.tell(), size))
+    cuts.append(size)
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def _decode(data: bytes, path: Path, offset: int, lines_before: int | None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = lines_before + data.count(b"\n", 0, err.start) + 1
+        where = f"byte offset {offset + err.start}"
+        if lines_before is not None:
+            line = lines_before + data.count(b"\n", 0, err.start) + 1
+            where = f"line {line}, {where}"
         bad = data[err.start : err.start + 4]
         raise GcnnError(
-            f"{path} is not UTF-8 (line {line}, byte offset {offset + err.start}: {bad!r}); "
-            "re-encode the file as UTF-8, e.g. with iconv"
+            f"{path} is not UTF-8 ({where}: {bad!r}); re-encode the file as UTF-8, e.g. with iconv"
         ) from None
 
 

@@ -7,15 +7,23 @@ renumbered by frequency with one vectorised gather, so no second pass over the t
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gcnn.data.cache import CacheEntry, default_cache_dir, describe_sources
-from gcnn.data.corpus import SPLITS, find_split_files, read_chunks, resolve_corpus
+from gcnn.data.corpus import (
+    SPLITS,
+    find_split_files,
+    line_aligned_ranges,
+    read_chunks,
+    resolve_corpus,
+)
 from gcnn.data.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
@@ -26,6 +34,7 @@ from gcnn.data.tokenizer import (
 from gcnn.errors import GcnnError
 
 DEFAULT_SP_VOCAB = 8000
+PARALLEL_BYTES = 64 << 20  # files at least this big are scanned by two processes
 
 
 @dataclass
@@ -37,8 +46,7 @@ class Corpus:
     stats: dict[str, dict]  # per split: tokens, lines, unk, words (whitespace words + 1 per line)
     directory: Path
     vocab_source: str = "train"  # "train", the splits it came from ("valid+test"), or "given"
-    cache_path: Path | None = None
-    extra: dict = field(default_factory=dict)
+    cache_path: Path | None = None  # the cache entry, None if the cache could not be written
 
     def to_json(self) -> dict:
         return {
@@ -93,28 +101,67 @@ def _read_split(
     return ids, {"lines": lines, "words": words}
 
 
-class _ProvisionalEncoder:
-    """Encodes with first-seen ids (shared across the vocabulary-source splits)."""
+def _scan(path: Path, start: int = 0, end: int | None = None, progress=None):
+    """Number the words of a byte range in first-seen order: (words, ids, lines).
 
-    def __init__(self):
-        self.first = _FirstSeen()
-
-    def encode_text(self, text: str) -> np.ndarray:
+    Runs in a worker process for the second half of a big file, so it returns plain data.
+    """
+    first, parts, lines = _FirstSeen(), [], 0
+    for text in read_chunks(path, progress=progress, start=start, end=end):
+        lines += text.count("\n") + (0 if text.endswith("\n") else 1)
         words = split_words(text)
-        return np.fromiter(map(self.first.__getitem__, words), dtype=np.int32, count=len(words))
+        parts.append(np.fromiter(map(first.__getitem__, words), dtype=np.int32, count=len(words)))
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    return list(first), ids, lines
+
+
+def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np.ndarray, dict]:
+    """Ids of a whole split in `vocab`'s numbering (words are added to `vocab` as met).
+
+    A big plain file is scanned by two processes, one per half, because this is the slow
+    part of building a WikiText-103-sized cache (a dict lookup per word, ~100M words) and the
+    machines this targets have two or more cores. The halves' numberings are merged after.
+    """
+    parallel = (
+        path.suffix not in (".xz", ".gz", ".bz2")
+        and path.stat().st_size >= PARALLEL_BYTES
+        and "fork" in multiprocessing.get_all_start_methods()
+    )
+    ranges = line_aligned_ranges(path, 2) if parallel else [(0, None)]
+    bar = _progress_bar(progress, path, split)
+    try:
+        if len(ranges) == 1:
+            results = [_scan(path, progress=bar)]
+        else:
+            # fork: the worker needs no torch, only this module's pure Python/numpy code.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+                later = [pool.submit(_scan, path, a, b) for a, b in ranges[1:]]
+                results = [_scan(path, *ranges[0], progress=bar)] + [f.result() for f in later]
+    finally:
+        if bar is not None:
+            bar.close()
+    parts, lines = [], 0
+    for words, ids, n in results:
+        remap = np.fromiter(
+            (vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int32, count=len(words)
+        )
+        parts.append(remap[ids])
+        lines += n
+    ids = np.concatenate(parts)
+    if len(ids) == 0:
+        raise GcnnError(f"split {split!r} ({path}) is empty; give it at least one line of text")
+    return ids, {"lines": lines, "words": len(ids)}
 
 
 def _build_word(files, vocab_splits, min_count, max_vocab, progress):
-    provisional = _ProvisionalEncoder()
+    vocab: dict[str, int] = {}  # provisional numbering, replaced by frequency order below
     raw, info = {}, {}
     for split in vocab_splits:
-        raw[split], info[split] = _read_split(
-            files[split], split, provisional.encode_text, progress
-        )
-    counts = np.zeros(len(provisional.first), dtype=np.int64)
+        raw[split], info[split] = _scan_split(files[split], split, progress, vocab)
+    counts = np.zeros(len(vocab), dtype=np.int64)
     for ids in raw.values():
         counts += np.bincount(ids, minlength=len(counts))
-    words = list(provisional.first)
+    words = list(vocab)
     tokenizer = WordTokenizer.from_counts(
         dict(zip(words, counts.tolist(), strict=True)), min_count, max_vocab
     )
@@ -203,41 +250,86 @@ def prepare_corpus(
     if kind == "sentencepiece" and given is None:
         vocab_size = vocab_size or DEFAULT_SP_VOCAB
     vocab_splits = ["train"] if "train" in files else list(files)
-    vocab_source = "given" if given is not None else "+".join(vocab_splits)
-
-    if given is not None:
-        settings = {"tokenizer": kind, "given": given.fingerprint()}
+    if given is not None:  # what the cache entry depends on besides the sources
+        settings = {"given": given.fingerprint()}
     elif kind == "word":
-        settings = {"tokenizer": kind, "min_count": min_count, "max_vocab": max_vocab}
+        settings = {"min_count": min_count, "max_vocab": max_vocab}
     else:
-        settings = {"tokenizer": kind, "vocab_size": vocab_size, "model_type": sp_model_type}
-    settings["vocab_source"] = vocab_source
+        settings = {"vocab_size": vocab_size, "model_type": sp_model_type}
+    plan = _Plan(
+        directory=directory,
+        files=files,
+        splits=splits,
+        kind=kind,
+        given=given,
+        vocab_splits=vocab_splits,
+        vocab_source="given" if given is not None else "+".join(vocab_splits),
+        settings=settings,
+        progress=progress,
+    )
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(directory)
-    entry = CacheEntry(cache_dir, kind, settings)
+    entry = CacheEntry(
+        cache_dir, kind, {"tokenizer": kind, "vocab_source": plan.vocab_source, **plan.settings}
+    )
+    # One builder at a time per entry: data-parallel ranks that all call prepare_corpus wait
+    # for the first one's cache instead of each tokenizing the corpus again.
+    with entry.lock():
+        return _from_cache(entry, plan) or _build(entry, plan)
 
-    cached = entry.load(files)
-    if cached is not None:
-        meta, state, arrays = cached
-        tok = given if given is not None else tokenizer_from_state(state)
-        if tok.fingerprint() == meta.get("tokenizer_fingerprint"):
-            return Corpus(
-                tokenizer=tok,
-                splits={s: arrays[s] for s in splits},
-                stats={s: meta["stats"][s] for s in SPLITS if s in meta["stats"]},
-                directory=directory,
-                vocab_source=vocab_source,
-                cache_path=entry.path,
-            )
 
+@dataclass
+class _Plan:
+    """What prepare_corpus was asked for, once the arguments are checked."""
+
+    directory: Path
+    files: dict[str, Path]
+    splits: tuple[str, ...]
+    kind: str
+    given: Tokenizer | None
+    vocab_splits: list[str]
+    vocab_source: str
+    settings: dict
+    progress: bool
+
+    def corpus(self, tokenizer, arrays, stats, cache_path) -> Corpus:
+        return Corpus(
+            tokenizer=tokenizer,
+            splits={s: arrays[s] for s in self.splits},
+            stats={s: stats[s] for s in SPLITS if s in stats},
+            directory=self.directory,
+            vocab_source=self.vocab_source,
+            cache_path=cache_path,
+        )
+
+
+def _from_cache(entry: CacheEntry, plan: _Plan) -> Corpus | None:
+    cached = entry.load(plan.files)
+    if cached is None:
+        return None
+    meta, state, arrays = cached
+    try:
+        tok = plan.given if plan.given is not None else tokenizer_from_state(state)
+    except GcnnError:
+        return None  # a garbled tokenizer file: rebuild the entry
+    if tok.fingerprint() != meta.get("tokenizer_fingerprint"):
+        return None
+    return plan.corpus(tok, arrays, meta["stats"], entry.path)
+
+
+def _build(entry: CacheEntry, plan: _Plan) -> Corpus:
+    """Tokenize every split file, write the cache entry, and return the corpus from it."""
+    files, progress, opts = plan.files, plan.progress, plan.settings
     sources = describe_sources(files)
-    if given is not None:
-        tok = given
+    if plan.given is not None:
+        tok = plan.given
         arrays, info = _build_given(files, tok, progress)
-    elif kind == "word":
-        tok, arrays, info = _build_word(files, vocab_splits, min_count, max_vocab, progress)
+    elif plan.kind == "word":
+        tok, arrays, info = _build_word(
+            files, plan.vocab_splits, opts["min_count"], opts["max_vocab"], progress
+        )
     else:
         tok, arrays, info = _build_sentencepiece(
-            files, vocab_splits, vocab_size, sp_model_type, progress
+            files, plan.vocab_splits, opts["vocab_size"], opts["model_type"], progress
         )
     stats = {
         split: {
@@ -249,24 +341,21 @@ def prepare_corpus(
         for split in SPLITS
         if split in arrays
     }
-    meta = {"stats": stats, "tokenizer_fingerprint": tok.fingerprint(), "directory": str(directory)}
+    meta = {
+        "stats": stats,
+        "tokenizer_fingerprint": tok.fingerprint(),
+        "directory": str(plan.directory),
+    }
     try:
         entry.save(sources, tok.state_dict(), arrays, meta)
         cached = entry.load(files)
     except OSError as err:
         print(
-            f"warning: cannot write the cache in {cache_dir} ({err}); set GCNN_CACHE to a "
+            f"warning: cannot write the cache in {entry.cache_dir} ({err}); set GCNN_CACHE to a "
             "writable directory to avoid rebuilding next time",
             file=sys.stderr,
         )
         cached = None
-    if cached is not None:
-        arrays = cached[2]  # memory-mapped, so the built arrays can be freed
-    return Corpus(
-        tokenizer=tok,
-        splits={s: arrays[s] for s in splits},
-        stats=stats,
-        directory=directory,
-        vocab_source=vocab_source,
-        cache_path=entry.path if cached is not None else None,
-    )
+    if cached is None:
+        return plan.corpus(tok, arrays, stats, None)
+    return plan.corpus(tok, cached[2], stats, entry.path)  # memory-mapped: built arrays freed

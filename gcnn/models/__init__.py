@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import copy
 
+from gcnn.data import IGNORE_INDEX
 from gcnn.errors import GcnnError
 from gcnn.models.adaptive_softmax import AdaptiveSoftmax
 from gcnn.models.base import LanguageModel
 from gcnn.models.config import GATINGS, GCNNConfig, LSTMConfig, make_config
-from gcnn.models.constants import IGNORE_INDEX
 from gcnn.models.gcnn import GatedConvLM
 from gcnn.models.lstm import LSTMLM
 from gcnn.models.presets import PRESETS

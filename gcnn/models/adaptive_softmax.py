@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gcnn.data import IGNORE_INDEX
 from gcnn.errors import GcnnError
-from gcnn.models.constants import IGNORE_INDEX
 
 
 class AdaptiveSoftmax(nn.Module):

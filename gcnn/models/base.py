@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from gcnn.models.constants import IGNORE_INDEX
+from gcnn.data import IGNORE_INDEX
 
 
 class LanguageModel(nn.Module):

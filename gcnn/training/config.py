@@ -45,13 +45,13 @@ class TrainConfig:
     grad_accum: int = 1
     # optimisation
     optimizer: str | None = None  # None: "nag" for the paper presets, "adamw" for small ones
-    lr: float | None = None  # None: 1.0 (nag), 2e-3 (adamw)
+    lr: float | None = None  # None: 1.0 (nag), 3e-3 (adamw)
     momentum: float = 0.99  # nag only
     weight_decay: float | None = None  # None: 5e-6 (nag), 0.01 on matrices (adamw)
     clip_norm: float | None = None  # None: 0.1 (nag), 1.0 (adamw); 0 disables clipping
     lr_shrink: float = 0.5  # nag: factor applied when validation loss stops improving
     min_lr: float = 1e-5  # nag: stop once the lr falls below; adamw: floor of the cosine
-    warmup_updates: int = 200  # adamw: linear warm-up
+    warmup_updates: int = 100  # adamw: linear warm-up
     # stopping (whichever comes first; none at all means max_epochs = 1)
     max_epochs: int | None = None
     max_updates: int | None = None
@@ -94,13 +94,19 @@ class TrainConfig:
             raise bad("tokenizer", "choose word or sentencepiece")
         if self.device != "auto" and self.device != "cpu" and not _is_cuda_device(self.device):
             raise bad("device", "choose auto, cpu, cuda or cuda:N")
-        for name in ("block_size", "tokens_per_batch", "grad_accum", "log_every"):
+        for name in (
+            "block_size",
+            "tokens_per_batch",
+            "grad_accum",
+            "log_every",
+            "max_bad_updates",
+        ):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
         for name in ("max_epochs", "max_updates", "vocab_size", "valid_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("valid_every", "save_every", "warmup_updates", "max_bad_updates"):
+        for name in ("valid_every", "save_every", "warmup_updates"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be 0 or more")
         if self.context is not None and self.context < 0:
@@ -242,7 +248,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("data")
     data = g.add_mutually_exclusive_group()
-    data.add_argument("--dataset", dest="data", choices=DATASETS, help="corpus (default wikitext-2)")
+    data.add_argument(
+        "--dataset", dest="data", choices=DATASETS, help="corpus (default wikitext-2)"
+    )
     data.add_argument("--data", dest="data", metavar="DIR", help="directory of split files")
     g.add_argument("--tokenizer", choices=("word", "sentencepiece"))
     g.add_argument("--vocab-size", type=int, help="sentencepiece vocabulary size")

@@ -27,8 +27,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from gcnn.checkpoint import FORMAT, VERSION, load_checkpoint, rng_state, save_checkpoint
-from gcnn.checkpoint import set_rng_state
+from gcnn.checkpoint import (
+    FORMAT,
+    VERSION,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from gcnn.errors import GcnnError
 from gcnn.training.config import DATASETS, TrainConfig, to_toml
 
@@ -44,7 +50,7 @@ def is_small_preset(name: str) -> bool:
 
 
 # Default stopping for the small presets on WikiText-2: a few minutes on two CPU cores.
-SMALL_MAX_UPDATES = 600
+SMALL_MAX_UPDATES = 400
 PAPER_MAX_EPOCHS = 35  # fairseq's WikiText-103 recipe
 
 
@@ -55,7 +61,7 @@ def resolve(config: TrainConfig, model=None) -> TrainConfig:
         c.optimizer = "adamw" if is_small_preset(c.model) else "nag"
     nag = c.optimizer == "nag"
     if c.lr is None:
-        c.lr = 1.0 if nag else 2e-3
+        c.lr = 1.0 if nag else 3e-3
     if c.weight_decay is None:
         c.weight_decay = 5e-6 if nag else 0.01
     if c.clip_norm is None:
@@ -228,7 +234,7 @@ def resolve_device(name: str, local_rank: int | None) -> torch.device:
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:
-    """"auto" means bf16 autocast where the hardware computes in bf16 natively (CUDA with bf16,
+    """ "auto" means bf16 autocast where the hardware computes in bf16 natively (CUDA with bf16,
     CPUs with AVX512-BF16 or AMX: several times faster there), fp32 elsewhere."""
     if config.precision != "auto":
         return config.precision
@@ -390,34 +396,35 @@ class Trainer:
     def check_run_dir(self, resume_ckpt: dict | None) -> None:
         """Refuse to overwrite another run; refuse to resume a checkpoint of another model."""
         model_config = self.model.config_dict()
+
+        def mismatch(ckpt: dict) -> str:
+            if ckpt["vocab_fingerprint"] != self.fingerprint:
+                return f"was trained on another vocabulary than {self.config.data}"
+            theirs = ckpt["model_config"]
+            if theirs != model_config:
+                keys = sorted(k for k in set(theirs) | set(model_config)
+                              if theirs.get(k) != model_config.get(k))  # fmt: skip
+                diff = ", ".join(f"{k} {theirs.get(k)!r} vs {model_config.get(k)!r}" for k in keys)
+                return f"is a checkpoint of another model ({theirs.get('name')}: {diff})"
+            return ""
+
         if resume_ckpt is not None:
-            if resume_ckpt["model_config"] != model_config:
-                theirs = resume_ckpt["model_config"].get("name", "?")
+            why = mismatch(resume_ckpt)
+            if why:
                 raise GcnnError(
-                    f"{self.last_path} is a checkpoint of another model ({theirs}, different "
-                    f"settings) than --model {self.config.model} with these overrides; "
-                    "resume with the run's own settings or choose another --out"
-                )
-            if resume_ckpt["vocab_fingerprint"] != self.fingerprint:
-                raise GcnnError(
-                    f"{self.last_path} was trained on another vocabulary than {self.config.data}"
-                    f" ({self.config.tokenizer} tokenizer); resume with the run's own data"
+                    f"{self.last_path} {why}; resume with the run's own settings or choose "
+                    "another --out"
                 )
             return
         for path in (self.last_path, self.best_path):
             if not path.exists():
                 continue
-            why = "already holds a checkpoint"
             try:
-                other = load_checkpoint(path)
-                if other["model_config"] != model_config:
-                    why = f"holds a checkpoint of another model ({other['model_config'].get('name')})"
-                elif other["vocab_fingerprint"] != self.fingerprint:
-                    why = "holds a checkpoint trained on another vocabulary"
+                why = mismatch(load_checkpoint(path)) or "already holds a checkpoint"
             except GcnnError:
                 why = "holds an unreadable checkpoint"
             raise GcnnError(
-                f"run directory {self.out} {why} ({path.name}); pass --resume to continue that "
+                f"run directory {self.out}: {path.name} {why}; pass --resume to continue that "
                 "run or choose another --out (nothing was overwritten)"
             )
 
@@ -606,7 +613,7 @@ class Trainer:
                     interval["count"] += count
                     interval["updates"] += 1
                 if bar is not None:
-                    bar.update(1)
+                    self.show_progress(interval, bar)
                 if interval["updates"] and self.step % c.log_every == 0 and not skipped:
                     self.log_train(interval, bar)
                 end_of_epoch = p.batch + c.grad_accum > len(self.train_batches)
@@ -663,11 +670,9 @@ class Trainer:
         c, p = self.config, self.progress
         if c.max_updates is not None and p.step >= c.max_updates:
             return f"reached --max-updates {c.max_updates}"
-        if c.max_epochs is not None:
-            if p.epoch >= c.max_epochs or (
-                p.epoch == c.max_epochs - 1 and p.batch + c.grad_accum > len(self.train_batches)
-            ):
-                return f"reached --max-epochs {c.max_epochs}"
+        epoch_done = p.batch + c.grad_accum > len(self.train_batches)
+        if c.max_epochs is not None and (p.epoch + epoch_done) >= c.max_epochs:
+            return f"reached --max-epochs {c.max_epochs}"
         if self.max_seconds is not None:
             # any rank's clock may decide, but all ranks stop after the same update
             (over,) = self.dist.all_sum([float(p.wall_s >= self.max_seconds)], self.device)
@@ -708,11 +713,22 @@ class Trainer:
             if self.tb is not None:
                 self.tb.add_scalar("train/loss", loss, self.step)
                 self.tb.add_scalar("train/lr", lr, self.step)
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{loss:.3f}", ppl=f"{_ppl(loss):.1f}", lr=f"{lr:.2g}", tok_s=f"{rate:.0f}"
-                )
         interval.update(loss=0.0, count=0.0, t0=time.perf_counter(), updates=0)
+
+    def show_progress(self, interval: dict, bar) -> None:
+        """Advance the bar; its numbers cover the updates since the last metrics line."""
+        if interval["count"]:
+            loss = interval["loss"] / interval["count"]
+            rate = interval["count"] / max(time.perf_counter() - interval["t0"], 1e-9)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(
+                loss=f"{loss:.3f}",
+                ppl=f"{_ppl(loss):.1f}",
+                lr=f"{lr:.2g}",
+                tok_s=f"{rate:.0f}",
+                refresh=False,
+            )
+        bar.update(1)
 
     def record(self, **values) -> dict:
         p = self.progress
@@ -795,7 +811,7 @@ class MetricsLog:
                     except (ValueError, KeyError, TypeError):
                         continue  # a line cut short by the kill
             _atomic_write_text(path, "".join(line + "\n" for line in kept))
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")

@@ -1,0 +1,181 @@
+"""evaluate.py latency: inference preparation keeps the model's outputs; the table and JSON are
+well formed. No timing assertions (speed claims live in the latency command's output itself)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from gcnn.evaluation.cli import main
+from gcnn.evaluation.latency import (
+    GBW_VOCAB,
+    WT2_VOCAB,
+    WT103_VOCAB,
+    GemmConv1d,
+    default_vocab_size,
+    prepare_for_inference,
+    random_sentences,
+    scoring_fn,
+)
+from gcnn.models import build_model
+
+GCNN_TINY = dict(
+    embed_dim=16,
+    blocks=[
+        {"layers": [[5, 24]], "repeat": 1},
+        {"layers": [[1, 12], [3, 12], [1, 32]], "repeat": 2},  # bottleneck + residual projection
+    ],
+    cutoffs=[20, 60],
+    dropout=0.1,
+)
+# small enough for a test, the same presets' code paths; LSTM with a projection like lstm-2048
+SMALL = ["--vocab-size", "300", "--sentence-length", "6", "--repeats", "2", "--warmup", "1"]
+
+
+def run_main(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_gcnn():
+    # built afresh rather than deep-copied: copies of a parametrized module share its class, and
+    # removing the weight norm of one (torch deletes the class attribute) breaks the others
+    torch.manual_seed(0)
+    return build_model("gcnn-small", 100, **GCNN_TINY).eval()
+
+
+def test_preparation_keeps_the_gcnn_outputs():
+    reference = tiny_gcnn()
+    fast = prepare_for_inference(tiny_gcnn(), torch.float32, "cpu")
+    low = prepare_for_inference(tiny_gcnn(), torch.bfloat16, "cpu")
+    # weight norm folded away, every convolution a single matmul, nothing left to train
+    assert not any(parametrize.is_parametrized(m) for m in fast.modules())
+    assert not any(isinstance(m, torch.nn.Conv1d) for m in fast.modules())
+    assert (
+        sum(isinstance(m, GemmConv1d) for m in fast.modules()) == 7 + 1
+    )  # 7 convolutions + 1 residual projection
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert fast.receptive_field == reference.receptive_field == 1 + 4 + 2 + 2
+
+    targets = random_sentences(100, 3, 17, seed=1)
+    inputs = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], dim=1)
+    with torch.inference_mode():
+        expected = reference.token_log_probs(inputs, targets)
+        assert torch.allclose(scoring_fn(fast, targets)(), expected, atol=1e-5)
+        # the incremental state still works through the swapped convolutions
+        state, steps = fast.init_state(3), []
+        for t in range(inputs.size(1)):
+            hidden, state = fast(inputs[:, t : t + 1], state)
+            steps.append(hidden)
+        whole, _ = reference(inputs)
+        assert torch.allclose(torch.cat(steps, dim=1), whole, atol=1e-5)
+        # bf16 inference weights: same numbers to bf16 precision
+        assert low.embed.weight.dtype == torch.bfloat16
+        assert torch.allclose(scoring_fn(low, targets)(), expected, atol=0.15, rtol=0.05)
+
+
+def test_preparation_keeps_the_lstm_outputs():
+    torch.manual_seed(0)
+    model = build_model("lstm-2048", 100, embed_dim=16, hidden_size=32, proj_size=8).eval()
+    reference = copy.deepcopy(model)  # no weight norm in the LSTM: a deep copy is safe
+    fast = prepare_for_inference(model, torch.float32, "cpu")
+    targets = random_sentences(100, 2, 9, seed=2)
+    inputs = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], dim=1)
+    with torch.inference_mode():
+        assert torch.allclose(
+            scoring_fn(fast, targets)(), reference.token_log_probs(inputs, targets), atol=1e-6
+        )
+
+
+def test_zipf_sentences_are_frequency_sorted_and_reproducible():
+    a = random_sentences(1000, 200, 30, seed=0)
+    assert a.shape == (200, 30) and a.min() >= 0 and a.max() < 1000
+    assert torch.equal(a, random_sentences(1000, 200, 30, seed=0))
+    counts = torch.bincount(a.flatten(), minlength=1000)
+    assert counts[:10].sum() > counts[500:].sum()  # frequent ids come first, like real text
+
+
+def test_default_vocabulary_follows_the_presets_corpus():
+    assert default_vocab_size("gcnn-8b") == default_vocab_size("lstm-2048") == GBW_VOCAB
+    assert default_vocab_size("gcnn-14") == WT103_VOCAB
+    assert default_vocab_size("gcnn-small") == WT2_VOCAB
+
+
+def test_latency_json(capsys):
+    code, out, err = run_main(
+        ["latency", "gcnn-small", "lstm-small", "--json", "--batch-size", "2", *SMALL], capsys
+    )
+    assert code == 0, err
+    records = json.loads(out)
+    assert [r["model"] for r in records] == ["gcnn-small", "lstm-small"]
+    for r in records:
+        assert {"model", "params", "throughput", "responsiveness", "latency_ms"} <= set(r)
+        assert r["params"] > 0 and r["throughput"] > 0 and r["responsiveness"] > 0
+        # responsiveness is the sentence's tokens over its median latency
+        assert r["responsiveness"] == pytest.approx(6 / (r["latency_ms"] / 1e3))
+        assert r["throughput_batch_size"] == 2 and r["precision"] == "fp32"
+    built = build_model("gcnn-small", 300)
+    assert records[0]["params"] < sum(p.numel() for p in built.parameters())  # no g, v pairs
+
+
+def test_latency_table_bf16_and_checkpoint(tmp_path, capsys):
+    from gcnn.checkpoint import save_checkpoint
+    from gcnn.data import WordTokenizer
+
+    tokenizer = WordTokenizer(["<eos>", "<unk>"] + [f"w{i}" for i in range(298)])
+    model = build_model("gcnn-small", 300, **GCNN_TINY)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(
+        path,
+        {
+            "format": "gcnn",
+            "version": 1,
+            "model_config": model.config_dict(),
+            "model": model.state_dict(),
+            "tokenizer": tokenizer.state_dict(),
+            "vocab_fingerprint": tokenizer.fingerprint(),
+        },
+    )
+    argv = ["latency", path, "lstm-small", "--precision", "bf16", "--threads", "1", *SMALL]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert "| Model | Params | Throughput (tok/s) | Responsiveness (tok/s) | Latency (ms) |" in out
+    assert "| tiny.pt |" in out and "| lstm-small |" in out
+    assert "bf16, 1 thread(s)" in out
+    assert "GCNN/LSTM: tiny.pt vs lstm-small: responsiveness" in out
+    torch.set_num_threads(2)  # what conftest set
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["latency", "gcnn-small", "gcnn-99"], "'gcnn-99' is neither a preset nor a checkpoint"),
+        (["latency", "gcnn-small", "--sentence-length", "0"], "--sentence-length 0"),
+        (["latency", "gcnn-small", "--device", "cuda"], "--device cuda"),
+        (["latency", "gcnn-small", "--threads", "0"], "--threads 0"),
+    ],
+)
+def test_latency_bad_input(argv, message, capsys):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_plot_needs_matplotlib_or_writes_a_file(tmp_path, capsys):
+    plot = tmp_path / "latency.png"
+    argv = ["latency", "gcnn-small", "lstm-small", "--plot", plot, "--batch-size", "1", *SMALL]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        code, _, err = run_main(argv, capsys)
+        assert code == 2 and "matplotlib is not installed" in err and not plot.exists()
+    else:
+        code, _, err = run_main(argv, capsys)
+        assert code == 0, err
+        assert plot.stat().st_size > 0
