@@ -201,6 +201,29 @@ def test_cache_is_reused_then_invalidated_by_content_not_by_touch(tiny_corpus, m
     assert len(builds) == 3
 
 
+def test_concurrent_callers_build_once(tiny_corpus, monkeypatch):
+    """Data-parallel ranks all call prepare_corpus: one builds, the others wait and load."""
+    import threading
+
+    builds = count_builds(monkeypatch)
+    results, errors = [], []
+
+    def rank():
+        try:
+            results.append(prepare_corpus(tiny_corpus, splits=None))
+        except Exception as err:  # surfaced below; a thread cannot fail the test itself
+            errors.append(err)
+
+    threads = [threading.Thread(target=rank) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(builds) == 1
+    assert all(np.array_equal(r.splits["train"], results[0].splits["train"]) for r in results)
+    assert list(results[0].splits) == ["train", "valid", "test"]
+
+
 def test_a_crash_mid_write_leaves_nothing_trusted(tiny_corpus, monkeypatch):
     builds = count_builds(monkeypatch)
 

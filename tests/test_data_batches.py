@@ -121,7 +121,8 @@ def test_stream_batcher_rows_are_contiguous_and_complete(n, block, batch, world)
                     assert keep[: len(pos)].all()
                 rows[r] += pos
         for row in rows:  # batch i+1 continues batch i: one contiguous run per row
-            assert row == list(range(row[0], row[0] + len(row))) if row else True
+            if row:
+                assert row == list(range(row[0], row[0] + len(row)))
             scored += row
     assert len(lengths) == 1
     assert sorted(scored) == list(range(n))

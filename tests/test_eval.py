@@ -343,6 +343,20 @@ def test_empty_input_file_is_an_error(checkpoint, tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
+def test_empty_split_and_mismatched_checkpoint_are_errors(checkpoint, corpus, tmp_path, capsys):
+    path, _ = checkpoint
+    (tmp_path / "test.txt").write_text("")
+    code, _, err = run_main(["perplexity", path, "--data", tmp_path], capsys)
+    assert (
+        code == 2
+        and err == f"error: split file {tmp_path / 'test.txt'} is empty; nothing to evaluate\n"
+    )
+    # a model for 100 words saved with the 62-word tokenizer
+    wrong = write_checkpoint(tmp_path / "wrong.pt", tiny_model("gcnn", 100), corpus.tokenizer)
+    code, _, err = run_main(["sample", wrong], capsys)
+    assert code == 2 and "model has 100 words but its tokenizer" in err
+
+
 def test_console_entry_point_prints_no_traceback(tmp_path):
     """The real process: `python evaluate.py` with a bad file exits 2 with one line."""
     bad = tmp_path / "bad.pt"

@@ -219,7 +219,29 @@ def test_bf16_and_compile_paths(tiny_corpus, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path, sig):
+def test_signal_finishes_the_update_saves_and_resumes(tiny_corpus, tmp_path, monkeypatch, sig):
+    # The signal arrives in the middle of the 3rd update (inside the forward pass).
+    real_forward = trainer_module.LossModule.forward
+    calls = {"n": 0}
+
+    def forward(self, inputs, targets, state=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), sig)
+        return real_forward(self, inputs, targets, state)
+
+    monkeypatch.setattr(trainer_module.LossModule, "forward", forward)
+    out = tmp_path / "run"
+    assert main(args(tiny_corpus, out, "--max-updates", "10")) == 128 + sig
+    assert load_checkpoint(out / "checkpoint_last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(trainer_module.LossModule, "forward", real_forward)
+    assert main(args(tiny_corpus, out, "--max-updates", "10", "--resume")) == 0
+    assert load_checkpoint(out / "checkpoint_last.pt")["step"] == 10
+
+
+def test_sigterm_to_a_real_process_exits_143_after_saving(tiny_corpus, tmp_path):
+    sig = signal.SIGTERM
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [

@@ -210,7 +210,7 @@ def prepare_corpus(
     min_count: int = 1,
     max_vocab: int | None = None,
     cache_dir: str | os.PathLike | None = None,
-    splits=SPLITS,
+    splits: tuple[str, ...] | None = SPLITS,
     progress: bool = False,
     download: bool = False,
 ) -> Corpus:
@@ -222,11 +222,11 @@ def prepare_corpus(
     a corpus without one builds it from the splits it has and says so in `vocab_source`.
     For the word tokenizer, `vocab_size` means the same as `max_vocab`.
     All split files present are encoded and cached; `splits` picks which are returned and must
-    all exist.
+    all exist (None: whichever are present).
     """
     directory = resolve_corpus(name_or_dir, download=download)
     files = find_split_files(directory)
-    splits = tuple(splits)
+    splits = tuple(s for s in SPLITS if s in files) if splits is None else tuple(splits)
     for split in splits:
         if split not in SPLITS:
             raise GcnnError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")

@@ -81,12 +81,12 @@ class WordTokenizer:
         keep = [w for w, c in ranked if c >= min_count and w not in (EOS, UNK)]
         if max_vocab is not None:
             keep = keep[: max_vocab - 2]
-        special = [(EOS, counts.get(EOS, 0)), (UNK, counts.get(UNK, 0))]
-        # Re-rank with the specials in place: they sort by their counts like ordinary words.
+        # <unk> stands for every folded word too, so it ranks by that total; the specials then
+        # sort by their counts like ordinary words.
         kept = set(keep)
         folded = sum(c for w, c in counts.items() if w not in kept and w not in (EOS, UNK))
-        special[1] = (UNK, special[1][1] + folded)
-        entries = [(w, counts[w]) for w in keep] + special
+        entries = [(w, counts[w]) for w in keep]
+        entries += [(EOS, counts.get(EOS, 0)), (UNK, counts.get(UNK, 0) + folded)]
         entries.sort(key=lambda item: (-item[1], item[0]))
         return cls([w for w, _ in entries])
 
@@ -208,11 +208,8 @@ class SentencePieceTokenizer:
         if lines and lines[-1] == "":
             lines.pop()
         pieces = self.sp.encode(lines, num_threads=2)
-        eos = [self.sp.piece_to_id(EOS)]
-        flat = itertools.chain.from_iterable(
-            itertools.chain.from_iterable(zip(pieces, itertools.repeat(eos)))
-        )
-        ids = np.fromiter(flat, dtype=np.int32)
+        eos = self.sp.piece_to_id(EOS)
+        ids = np.fromiter(itertools.chain.from_iterable(p + [eos] for p in pieces), np.int32)
         return self.from_sp[ids]
 
     def decode(self, ids) -> str:

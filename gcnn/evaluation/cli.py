@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from gcnn.errors import GcnnError, run_cli
@@ -18,6 +19,20 @@ def _device(name: str) -> str:
     return name
 
 
+def _load(path: str, device: str):
+    """(model, tokenizer, checkpoint), refusing a checkpoint whose parts disagree."""
+    from gcnn.checkpoint import load_model
+
+    model, tokenizer, ckpt = load_model(path, device=device)
+    vocab = model.config_dict().get("vocab_size")
+    if vocab != tokenizer.vocab_size:
+        raise GcnnError(
+            f"checkpoint {path}: its model has {vocab} words but its tokenizer "
+            f"{tokenizer.vocab_size}; the file was assembled wrongly, use another checkpoint"
+        )
+    return model, tokenizer, ckpt
+
+
 def _positive(flag: str, value: int) -> int:
     if value < 1:
         raise GcnnError(f"{flag} {value}: must be at least 1")
@@ -28,14 +43,13 @@ def _positive(flag: str, value: int) -> int:
 
 
 def cmd_perplexity(args) -> int:
-    from gcnn.checkpoint import load_model
     from gcnn.data import find_split_files, resolve_corpus
     from gcnn.evaluation.perplexity import check_vocabulary, evaluate_perplexity, tokenize_split
 
     device = _device(args.device)
     _positive("--batch-size", args.batch_size)
     _positive("--block-size", args.block_size)
-    model, tokenizer, ckpt = load_model(args.checkpoint, device=device)
+    model, tokenizer, ckpt = _load(args.checkpoint, device)
     source = args.data or args.dataset or _trained_on(ckpt)
     if source is None:
         raise GcnnError(
@@ -50,6 +64,8 @@ def cmd_perplexity(args) -> int:
             "pick another --split"
         )
     split = tokenize_split(tokenizer, files[args.split])
+    if len(split.tokens) == 0:
+        raise GcnnError(f"split file {files[args.split]} is empty; nothing to evaluate")
     if not args.allow_oov:
         check_vocabulary(split, files[args.split], args.checkpoint)
     if split.oov:
@@ -103,13 +119,12 @@ def _read_lines(path: str) -> list[str]:
 
 
 def cmd_score(args) -> int:
-    from gcnn.checkpoint import load_model
     from gcnn.evaluation.scoring import score_lines
 
     device = _device(args.device)
     _positive("--batch-size", args.batch_size)
     lines = _read_lines(args.input)
-    model, tokenizer, _ = load_model(args.checkpoint, device=device)
+    model, tokenizer, _ = _load(args.checkpoint, device)
     scores = score_lines(model, tokenizer, lines, batch_size=args.batch_size, device=device)
     for s in scores:
         if args.json:
@@ -123,7 +138,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from gcnn.checkpoint import load_model
     from gcnn.evaluation.sampling import SamplingConfig, sample
 
     device = _device(args.device)
@@ -136,7 +150,7 @@ def cmd_sample(args) -> int:
         stop_at_eos=args.stop_at_eos,
     )
     config.validate()
-    model, tokenizer, _ = load_model(args.checkpoint, device=device)
+    model, tokenizer, _ = _load(args.checkpoint, device)
     # the prompt's words only: encode() appends an <eos> that would end the sentence
     prompt = tokenizer.encode(args.prompt)[:-1] if args.prompt else []
     out = sample(model, prompt, tokenizer.eos_id, config, device=device)
@@ -161,6 +175,9 @@ def cmd_latency(args) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(_positive("--threads", args.threads))
+    # nn.LSTM with proj_size (lstm-2048) runs ATen's own kernel instead of oneDNN; torch warns
+    # on every call, which would drown the table (docs/evaluation.md says so once)
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
     if args.plot:
         try:  # fail before minutes of timing, not after
             import matplotlib  # noqa: F401

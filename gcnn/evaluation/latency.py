@@ -16,6 +16,7 @@ thread count, the same precision, the same sentences and the same work definitio
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -85,6 +86,7 @@ class LatencyResult:
     threads: int
     device: str
     latency_by_length: dict[int, float] = field(default_factory=dict)  # for --plot
+    load_average: float | None = None  # the machine's 1-minute load when measured (shared CPUs)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -179,24 +181,26 @@ class GemmConv1d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        batch, _, steps = x.shape
         xt = x.transpose(1, 2)  # (B, T, C): a free view when x came from the time-major path
         k1 = self.kernel_size - 1
         if k1 == 0:
-            y = F.linear(xt, self.weight, self.bias).transpose(1, 2)
+            y = self._matmul(xt.reshape(batch * steps, -1), batch, steps)
             return (y, None) if self.causal else y
         if state is None:
-            history = xt.new_zeros(xt.size(0), k1, xt.size(2))
+            history = xt.new_zeros(batch, k1, xt.size(2))
         else:
             history = state.to(xt.dtype).transpose(1, 2)
         padded = torch.cat([history, xt], dim=1)  # (B, k-1+T, C)
-        # windows[b, t] = padded[b, t : t+k] flattened tap-major: (B, T, k·C)
-        windows = (
-            padded.unfold(1, self.kernel_size, 1)
-            .transpose(2, 3)
-            .reshape(xt.size(0), xt.size(1), -1)
-        )
-        y = F.linear(windows, self.weight, self.bias).transpose(1, 2)
-        return y, padded[:, -k1:].transpose(1, 2)
+        # windows[b, t] = padded[b, t : t+k] flattened tap-major: (B·T, k·C)
+        windows = padded.unfold(1, self.kernel_size, 1).transpose(2, 3).reshape(batch * steps, -1)
+        return self._matmul(windows, batch, steps), padded[:, -k1:].transpose(1, 2)
+
+    def _matmul(self, rows: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+        # always a 2-D GEMM: a 3-D input with odd strides sends F.linear to a batched matmul
+        # that copies the weight once per batch row
+        y = F.linear(rows, self.weight, self.bias)
+        return y.view(batch, steps, -1).transpose(1, 2)
 
 
 def convolutions_as_matmuls(model: nn.Module) -> nn.Module:
@@ -283,24 +287,44 @@ def interleaved_timings(
     return [Timing.of(s) for s in samples]
 
 
+# Word frequencies have two regimes (Ferrer i Cancho & Solé 2001): Zipf's law p(r) ∝ 1/r over a
+# kernel lexicon of the ~5,000 most frequent words, then a steeper p(r) ∝ 1/r² beyond it. A plain
+# 1/r law over 793k words would send one token in ten to the rarest 600k words; real text sends
+# well under one in a hundred there.
+KERNEL_LEXICON = 5000
+
+
+def word_rank_probs(vocab_size: int) -> torch.Tensor:
+    """p(id) for frequency-sorted ids under the two-regime law above (continuous at the knee)."""
+    rank = torch.arange(1, vocab_size + 1, dtype=torch.float64)
+    p = torch.where(rank <= KERNEL_LEXICON, 1.0 / rank, KERNEL_LEXICON / rank**2)
+    return p / p.sum()
+
+
 def random_sentences(vocab_size: int, batch: int, length: int, seed: int) -> torch.Tensor:
-    """Token ids drawn from Zipf's law (p(id) ∝ 1/(id+1)) over the frequency-sorted ids, like
-    words of real text, so the adaptive softmax needs its tail clusters about as often as it
-    would on real sentences (Zipf's law puts rather more mass in the tail than real text)."""
+    """(batch, length) token ids with realistic word frequencies (see `word_rank_probs`), so
+    the adaptive softmax needs its tail clusters about as often as on real sentences."""
     g = torch.Generator().manual_seed(seed)
-    ranks = torch.arange(1, vocab_size + 1, dtype=torch.float64)
-    return torch.multinomial(1.0 / ranks, batch * length, replacement=True, generator=g).view(
-        batch, length
-    )
+    ids = torch.multinomial(word_rank_probs(vocab_size), batch * length, True, generator=g)
+    return ids.view(batch, length)
 
 
 def scoring_fn(model: nn.Module, sentences: torch.Tensor, eos_id: int = 0) -> Callable[[], object]:
-    """One scoring call: log-prob of every token of every sentence given a leading <eos>."""
-    inputs = torch.cat([torch.full_like(sentences[:, :1], eos_id), sentences[:, :-1]], dim=1)
+    """Scoring calls: log-prob of every token of every sentence given a leading <eos>.
+
+    `sentences` is (calls, batch, length): each call scores the next batch in turn (cycling), so
+    repeats see different sentences (and different adaptive-softmax tails), like real traffic.
+    """
+    if sentences.dim() == 2:
+        sentences = sentences[None]
+    inputs = torch.cat([torch.full_like(sentences[..., :1], eos_id), sentences[..., :-1]], dim=-1)
+    turn = [0]
 
     def score():
+        i = turn[0] % len(sentences)
+        turn[0] += 1
         with torch.inference_mode():
-            return model.token_log_probs(inputs, sentences)
+            return model.token_log_probs(inputs[i], sentences[i])
 
     return score
 
@@ -320,14 +344,16 @@ def measure(
 ) -> list[LatencyResult]:
     """Throughput and responsiveness of (already prepared) models, timed in interleaved rounds.
 
-    All models score the same sentences (for a shared vocabulary size): Zipf-distributed ids,
-    each sentence conditioned on a leading <eos>.
+    All models score the same sentences (for a shared vocabulary size), with realistic word
+    frequencies, each conditioned on a leading <eos>; the repeats cycle through a pool of them.
     """
     length, dev = config.sentence_length, config.device
 
     def call(model, batch, n=length):
-        sentences = random_sentences(_vocab_size(model), batch, n, config.seed).to(dev)
-        return scoring_fn(model, sentences)
+        # a pool of different sentences, the same for every model (same vocabulary and seed)
+        pool = max(1, min(config.repeats, 64 // batch))
+        sentences = random_sentences(_vocab_size(model), pool * batch, n, config.seed)
+        return scoring_fn(model, sentences.view(pool, batch, n).to(dev))
 
     # throughput: each model at its best batch size of the grid (bigger calls: fewer repeats)
     log(f"throughput at batch sizes {', '.join(map(str, config.batch_sizes))}")
@@ -355,6 +381,7 @@ def measure(
         )
         for d, t in zip(by_length, timings, strict=True):
             d[n] = 1e3 * t.median
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results = []
     for (name, model), (batch, bt), single, lengths in zip(
         models, best, singles, by_length, strict=True
@@ -376,6 +403,7 @@ def measure(
                 threads=torch.get_num_threads(),
                 device=dev,
                 latency_by_length=lengths,
+                load_average=load,
             )
         )
     return results
@@ -429,7 +457,8 @@ def markdown_table(results: Sequence[LatencyResult]) -> str:
     r0 = results[0]
     lines = [
         f"Scoring {r0.sentence_length}-token sentences on {r0.device}, {r0.precision}, "
-        f"{r0.threads} thread(s); median (interquartile range) over repeats after warm-up.",
+        f"{r0.threads} thread(s); median (interquartile range) over repeats after warm-up"
+        + (f"; load average {r0.load_average:.1f}." if r0.load_average is not None else "."),
         "",
         "| Model | Params | Throughput (tok/s) | Responsiveness (tok/s) | Latency (ms) |",
         "|---|---:|---:|---:|---:|",

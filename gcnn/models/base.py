@@ -54,7 +54,12 @@ class LanguageModel(nn.Module):
         return self.softmax.log_prob(hidden)
 
     def step(self, tokens: torch.Tensor, state):
-        """Incremental decoding: tokens (B,) -> (log-probs (B, V) of the next word, new state)."""
+        """Incremental decoding: tokens (B,) -> (log-probs (B, V) of the next word, new state).
+
+        `state` comes from `init_state` or the previous step; None starts a new text.
+        """
+        if state is None:
+            state = self.init_state(tokens.size(0), tokens.device)
         hidden, state = self(tokens.unsqueeze(1), state)
         return self.softmax.log_prob(hidden[:, 0]), state
 

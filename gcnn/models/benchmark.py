@@ -3,7 +3,8 @@
 One step = forward + backward of `loss` on a batch of 16 x (32 + 128) tokens (the GCNN's context
 plus a block), in fp32 and under bf16 autocast. Targets follow a Zipf law over the vocabulary, like
 real text, so the adaptive-softmax tails run about as often as in training. Prints the median of
-several steps after a warm-up; on a shared machine, run it twice.
+several steps after a warm-up: wall time, and the process's CPU time (all threads), which a busy
+shared machine inflates much less (with --threads 1 it is the compute time itself).
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ def zipf_tokens(vocab_size: int, shape: tuple[int, int], seed: int = 0) -> torch
     )
 
 
-def time_steps(model, inputs, targets, bf16: bool, steps: int, warmup: int = 2) -> list[float]:
+def time_steps(model, inputs, targets, bf16: bool, steps: int, warmup: int = 2):
+    """Median (wall seconds, CPU seconds) of one forward + backward."""
     model.train()
-    times = []
+    wall, cpu = [], []
     for i in range(warmup + steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             nll, count, _ = model.loss(inputs, targets)
         (nll / count).backward()
         model.zero_grad(set_to_none=True)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(name, args.vocab_size)
         cells = []
         for bf16 in (False, True):
-            times = time_steps(model, inputs, targets, bf16, args.steps)
-            cells.append(f"{'bf16' if bf16 else 'fp32'} {1000 * statistics.median(times):7.0f} ms")
+            wall, cpu = time_steps(model, inputs, targets, bf16, args.steps)
+            kind = "bf16" if bf16 else "fp32"
+            cells.append(f"{kind} {1000 * wall:6.0f} ms (cpu {1000 * cpu:6.0f} ms)")
         params = model.num_parameters() / 1e6
-        print(f"{name:<12} {params:6.1f}M params  " + "  ".join(cells) + "  per step")
+        print(f"{name:<12} {params:5.1f}M params  " + "  ".join(cells) + "  per step")
     return 0
 
 

@@ -56,8 +56,8 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
         k1 = self.context
         if k1 == 0:
-            return self._conv_forward(x, self.weight, self.bias), None
-        if state is None:
+            padded = x
+        elif state is None:
             padded = F.pad(x, (k1, 0))
         else:
             padded = torch.cat([state.to(x.dtype), x], dim=2)
@@ -67,7 +67,7 @@ class CausalConv1d(nn.Conv1d):
             y = F.linear(padded.flatten(1), self.weight.flatten(1), self.bias).unsqueeze(2)
         else:
             y = self._conv_forward(padded, self.weight, self.bias)
-        return y, padded[:, :, -k1:]
+        return y, (padded[:, :, -k1:] if k1 else None)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor | None:
         if self.context == 0:

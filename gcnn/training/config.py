@@ -41,7 +41,7 @@ class TrainConfig:
     # batches
     block_size: int = 256  # scored tokens per row
     context: int | None = None  # unscored prefix; None: receptive_field - 1 (GCNN), 0 (LSTM)
-    tokens_per_batch: int = 8192  # scored tokens per update, over all processes and accum steps
+    tokens_per_batch: int = 4096  # scored tokens per update, over all processes and accum steps
     grad_accum: int = 1
     # optimisation
     optimizer: str | None = None  # None: "nag" for the paper presets, "adamw" for small ones
@@ -51,7 +51,7 @@ class TrainConfig:
     clip_norm: float | None = None  # None: 0.1 (nag), 1.0 (adamw); 0 disables clipping
     lr_shrink: float = 0.5  # nag: factor applied when validation loss stops improving
     min_lr: float = 1e-5  # nag: stop once the lr falls below; adamw: floor of the cosine
-    warmup_updates: int = 100  # adamw: linear warm-up
+    warmup_updates: int = 50  # adamw: linear warm-up
     # stopping (whichever comes first; none at all means max_epochs = 1)
     max_epochs: int | None = None
     max_updates: int | None = None

@@ -49,8 +49,11 @@ def is_small_preset(name: str) -> bool:
     return name.endswith("-small")
 
 
-# Default stopping for the small presets on WikiText-2: a few minutes on two CPU cores.
-SMALL_MAX_UPDATES = 400
+# Default stopping for the small presets on WikiText-2: minutes on two CPU cores. The update
+# count sets the schedule on an idle machine; the time limit caps it on a busy one (the cosine
+# then follows the clock, see LRSchedule).
+SMALL_MAX_UPDATES = 800
+SMALL_MAX_MINUTES = 10.0
 PAPER_MAX_EPOCHS = 35  # fairseq's WikiText-103 recipe
 
 
@@ -68,7 +71,7 @@ def resolve(config: TrainConfig, model=None) -> TrainConfig:
         c.clip_norm = 0.1 if nag else 1.0
     if c.max_epochs is None and c.max_updates is None and c.max_minutes is None:
         if is_small_preset(c.model):
-            c.max_updates = SMALL_MAX_UPDATES
+            c.max_updates, c.max_minutes = SMALL_MAX_UPDATES, SMALL_MAX_MINUTES
         else:
             c.max_epochs = PAPER_MAX_EPOCHS
     if c.out is None:
@@ -119,12 +122,13 @@ class LRSchedule:
             return self.plateau_lr
         if step < self.warmup:
             return self.base_lr * (step + 1) / self.warmup
+        # Progress towards whichever limit comes first. The update count is deterministic; the
+        # clock (--max-minutes) is not, so a run limited by time is resumable but not bit-exact.
+        progress = 0.0
         if self.horizon is not None:
             progress = (step - self.warmup) / max(1, self.horizon - self.warmup)
-        elif self.max_seconds:
-            progress = elapsed / self.max_seconds  # time-based: not bit-reproducible, documented
-        else:
-            progress = 0.0
+        if self.max_seconds:
+            progress = max(progress, elapsed / self.max_seconds)
         progress = min(1.0, max(0.0, progress))
         lo = min(self.min_lr, self.base_lr)
         return lo + 0.5 * (self.base_lr - lo) * (1 + math.cos(math.pi * progress))
@@ -250,17 +254,28 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> str:
 # --- state that must survive a restart ---------------------------------------------------------
 
 
-def _state_to_plain(state):
-    """The LSTM's carried (h, c) as a list of CPU tensors (None for GCNNs)."""
+def _state_to_plain(state, d: Dist):
+    """The LSTM's carried (h, c) of ALL ranks, rows in rank order, as CPU tensors (GCNN: None).
+
+    A collective: every rank must call it. Tensors are (layers, rows, hidden)."""
     if state is None:
         return None
-    return [s.detach().cpu() for s in state]
+    out = []
+    for s in state:
+        s = s.detach().contiguous()
+        if d.enabled:
+            parts = [torch.empty_like(s) for _ in range(d.world_size)]
+            dist.all_gather(parts, s)
+            s = torch.cat(parts, dim=1)
+        out.append(s.cpu())
+    return out
 
 
-def _state_from_plain(state, device):
+def _state_from_plain(state, d: Dist, rows: int, device):
+    """This rank's rows of a state saved by `_state_to_plain`."""
     if state is None:
         return None
-    return tuple(s.to(device) for s in state)
+    return tuple(s[:, d.rank * rows : (d.rank + 1) * rows].to(device) for s in state)
 
 
 @dataclasses.dataclass
@@ -435,9 +450,18 @@ class Trainer:
         known = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in ckpt["metrics"].items() if k in known})
         position = ckpt["data_position"]
+        rows = self.rows * self.dist.world_size
+        if position.get("rows", rows) != rows:
+            raise GcnnError(
+                f"{self.last_path} was saved with {position['rows']} rows per micro-batch over "
+                f"all processes, this run has {rows}; resume with the same --tokens-per-batch, "
+                "--grad-accum and --block-size"
+            )
         self.progress.epoch, self.progress.batch = int(position["epoch"]), int(position["batch"])
         self.progress.step = int(ckpt["step"])
-        self.train_state = _state_from_plain(position.get("state"), self.device)
+        self.train_state = _state_from_plain(
+            position.get("state"), self.dist, self.rows, self.device
+        )
         if self.dist.is_main:
             set_rng_state(ckpt["rng"])
         else:  # other ranks' generators were not saved: reseed them from (seed, rank, step)
@@ -445,7 +469,7 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def checkpoint(self) -> dict:
+    def checkpoint(self, state=None) -> dict:
         p = self.progress
         return {
             "format": FORMAT,
@@ -462,7 +486,8 @@ class Trainer:
             "data_position": {
                 "epoch": p.epoch,
                 "batch": p.batch,
-                "state": _state_to_plain(self.train_state),
+                "rows": self.rows * self.dist.world_size,  # global rows per micro-batch
+                "state": state,
             },
             "rng": rng_state(),
             "metrics": {
@@ -473,13 +498,14 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> None:
+        state = _state_to_plain(self.train_state, self.dist)  # collective: before rank checks
         if not self.dist.is_main:
             return
         # Never write NaN weights: a skipped update keeps them finite, so this is a bug guard.
         for name, param in self.model.state_dict().items():
             if param.is_floating_point() and not torch.isfinite(param).all():
                 raise GcnnError(f"refusing to save non-finite weights ({name}) at step {self.step}")
-        ckpt = self.checkpoint()
+        ckpt = self.checkpoint(state)
         save_checkpoint(self.last_path, ckpt)
         self.saved_step = self.step
         if best:
@@ -526,7 +552,7 @@ class Trainer:
         p.batch += c.grad_accum
         return batches
 
-    def update(self, stop_local: bool) -> tuple[float, float, bool, bool]:
+    def update(self, stopper: SignalStopper) -> tuple[float, float, bool, bool]:
         """One optimizer update; returns (global loss sum, global count, skipped, stop)."""
         c = self.config
         micro = self.next_micro_batches()
@@ -556,7 +582,8 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
         local_bad = not (math.isfinite(loss_total) and math.isfinite(grad_norm))
         loss_sum_g, bad, stop = self.dist.all_sum(
-            [loss_total if not local_bad else 0.0, float(local_bad), float(stop_local)],
+            # a signal that arrived during this update stops the run right after it
+            [loss_total if not local_bad else 0.0, float(local_bad), float(stopper.requested)],
             self.device,
         )
         skipped = bad > 0
@@ -588,13 +615,14 @@ class Trainer:
         exit_code, reason = 0, "done"
         interval = {"loss": 0.0, "count": 0.0, "t0": time.perf_counter(), "updates": 0}
         session_t0 = time.perf_counter() - p.wall_s
+        self.session_start = (p.step, p.wall_s)
         self.model.train()
         with stopper:
             while True:
                 reason = self.stop_reason()
                 if reason:
                     break
-                loss_sum, count, skipped, stop = self.update(stopper.signum is not None)
+                loss_sum, count, skipped, stop = self.update(stopper)
                 p.wall_s = time.perf_counter() - session_t0
                 if skipped:
                     p.bad_updates += 1
@@ -728,6 +756,14 @@ class Trainer:
                 tok_s=f"{rate:.0f}",
                 refresh=False,
             )
+        if self.max_seconds is not None:
+            # With a time limit the bar's end is where the clock will stop the run, if sooner.
+            p = self.progress
+            done, spent = p.step - self.session_start[0], p.wall_s - self.session_start[1]
+            if done > 0 and spent > 0:
+                at_limit = p.step + done / spent * max(0.0, self.max_seconds - p.wall_s)
+                total = min(self.horizon or math.inf, math.ceil(at_limit))
+                bar.total = max(int(total), p.step + 1)
         bar.update(1)
 
     def record(self, **values) -> dict:
@@ -829,6 +865,10 @@ class SignalStopper:
         self.signum: int | None = None
         self.previous: dict = {}
 
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
     def handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -848,4 +888,9 @@ class SignalStopper:
 
 def train(config: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     """Train with `config` (resuming from `resume_ckpt` if given); returns a summary dict."""
-    return Trainer(config, resume_ckpt).fit()
+    started_here = not dist.is_initialized()
+    try:
+        return Trainer(config, resume_ckpt).fit()
+    finally:
+        if started_here and dist.is_initialized():
+            dist.destroy_process_group()
