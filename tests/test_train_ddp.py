@@ -18,7 +18,7 @@ from gcnn.checkpoint import load_checkpoint
 from gcnn.training.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import args  # noqa: E402
+from test_train import TINY, TINY_LSTM, args  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +39,17 @@ def rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_gloo_processes_match_one_process(tiny_corpus, tmp_path):
-    # 8 rows of 16 tokens per update: 8 rows in one process, 4 per rank in two. Dropout off: the
-    # ranks draw their own masks. 12 updates cross an epoch boundary and two validations.
-    flags = ("--tokens-per-batch", "128", "--max-updates", "12", "--valid-every", "6",
+@pytest.mark.parametrize("family", ["gcnn", "lstm"])
+def test_two_gloo_processes_match_one_process(tiny_corpus, tmp_path, family):
+    # 8 rows per update: 8 in one process, 4 per rank in two (GCNN: blocks of 16 tokens, 12
+    # updates cross an epoch boundary; LSTM: 8 streams, each rank carries 4). Dropout off: the
+    # ranks draw their own masks.
+    base = TINY if family == "gcnn" else TINY_LSTM
+    tokens = "128" if family == "gcnn" else "64"
+    flags = ("--tokens-per-batch", tokens, "--max-updates", "12", "--valid-every", "6",
              "--log-every", "1", "--dropout", "0")  # fmt: skip
     single = tmp_path / "single"
-    assert main(args(tiny_corpus, single, *flags)) == 0
+    assert main(args(tiny_corpus, single, *flags, base=base)) == 0
 
     ddp = tmp_path / "ddp"
     port = str(free_port())
@@ -54,7 +58,12 @@ def test_two_gloo_processes_match_one_process(tiny_corpus, tmp_path):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": str(rank),
                "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
                "GLOO_SOCKET_IFNAME": "lo"}  # fmt: skip
-        command = [sys.executable, "-m", "gcnn.training.cli", *args(tiny_corpus, ddp, *flags)]
+        command = [
+            sys.executable,
+            "-m",
+            "gcnn.training.cli",
+            *args(tiny_corpus, ddp, *flags, base=base),
+        ]
         procs.append(
             subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         )
@@ -81,3 +90,7 @@ def test_two_gloo_processes_match_one_process(tiny_corpus, tmp_path):
     w2 = load_checkpoint(ddp / "checkpoint_last.pt")["model"]
     for name in w1:
         assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+    if family == "lstm":  # the carried state of both ranks is saved, rows in rank order
+        s1 = load_checkpoint(single / "checkpoint_last.pt")["data_position"]["state"]
+        s2 = load_checkpoint(ddp / "checkpoint_last.pt")["data_position"]["state"]
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(s1, s2, strict=True))

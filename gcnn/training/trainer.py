@@ -499,6 +499,7 @@ class Trainer:
 
     def save(self, best: bool = False) -> None:
         state = _state_to_plain(self.train_state, self.dist)  # collective: before rank checks
+        self.saved_step = self.step  # on every rank, so that all make the same save() calls
         if not self.dist.is_main:
             return
         # Never write NaN weights: a skipped update keeps them finite, so this is a bug guard.
@@ -507,7 +508,6 @@ class Trainer:
                 raise GcnnError(f"refusing to save non-finite weights ({name}) at step {self.step}")
         ckpt = self.checkpoint(state)
         save_checkpoint(self.last_path, ckpt)
-        self.saved_step = self.step
         if best:
             save_checkpoint(self.best_path, ckpt)
 
