@@ -33,7 +33,16 @@ GCNN_TINY = dict(
     dropout=0.1,
 )
 # small enough for a test, the same presets' code paths; LSTM with a projection like lstm-2048
+# one thread: on a busy shared machine, two OpenMP threads on two cores stall each other
 SMALL = ["--vocab-size", "300", "--sentence-length", "6", "--repeats", "2", "--warmup", "1"]
+SMALL += ["--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # --threads is process-wide
 
 
 def run_main(argv, capsys):
@@ -79,6 +88,7 @@ def test_preparation_keeps_the_gcnn_outputs():
         assert torch.allclose(scoring_fn(low, targets)(), expected, atol=0.15, rtol=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
 def test_preparation_keeps_the_lstm_outputs():
     torch.manual_seed(0)
     model = build_model("lstm-2048", 100, embed_dim=16, hidden_size=32, proj_size=8).eval()
@@ -141,14 +151,13 @@ def test_latency_table_bf16_and_checkpoint(tmp_path, capsys):
             "vocab_fingerprint": tokenizer.fingerprint(),
         },
     )
-    argv = ["latency", path, "lstm-small", "--precision", "bf16", "--threads", "1", *SMALL]
+    argv = ["latency", path, "lstm-small", "--precision", "bf16", *SMALL]
     code, out, err = run_main(argv, capsys)
     assert code == 0, err
     assert "| Model | Params | Throughput (tok/s) | Responsiveness (tok/s) | Latency (ms) |" in out
     assert "| tiny.pt |" in out and "| lstm-small |" in out
     assert "bf16, 1 thread(s)" in out
     assert "GCNN/LSTM: tiny.pt vs lstm-small: responsiveness" in out
-    torch.set_num_threads(2)  # what conftest set
 
 
 @pytest.mark.parametrize(
@@ -179,3 +188,32 @@ def test_plot_needs_matplotlib_or_writes_a_file(tmp_path, capsys):
         code, _, err = run_main(argv, capsys)
         assert code == 0, err
         assert plot.stat().st_size > 0
+
+
+def test_plot_draws_one_line_per_model(tmp_path, monkeypatch, capsys):
+    """The --plot path with a stand-in matplotlib (the real one is an optional extra)."""
+    import sys
+    import types
+    from unittest import mock
+
+    fig, ax = mock.MagicMock(), mock.MagicMock()
+    fig.savefig.side_effect = lambda f, format: f.write(b"image:" + format.encode())
+    pyplot = types.ModuleType("matplotlib.pyplot")
+    pyplot.subplots = mock.Mock(return_value=(fig, ax))
+    pyplot.close = mock.Mock()
+    matplotlib = types.ModuleType("matplotlib")
+    matplotlib.use = mock.Mock()
+    matplotlib.pyplot = pyplot
+    monkeypatch.setitem(sys.modules, "matplotlib", matplotlib)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+
+    plot = tmp_path / "latency.svg"
+    argv = ["latency", "gcnn-small", "lstm-small", "--plot", plot, "--batch-size", "1", *SMALL]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert plot.read_bytes() == b"image:svg"
+    assert not list(tmp_path.glob("*.tmp-*"))  # written atomically
+    lines = ax.plot.call_args_list
+    assert [c.kwargs["label"] for c in lines] == ["gcnn-small", "lstm-small"]
+    lengths, latencies = lines[0].args
+    assert lengths == [5, 6, 10, 20, 50, 100] and all(t > 0 for t in latencies)

@@ -109,8 +109,10 @@ def _read_lines(path: str) -> list[str]:
     else:
         from gcnn.data.corpus import iter_lines
 
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise GcnnError(f"input file {path} does not exist; pass a text file or - for stdin")
+        if Path(path).is_dir():
+            raise GcnnError(f"input {path} is a directory; pass a text file or - for stdin")
         lines = list(iter_lines(path))
     if not lines:
         where = "standard input" if path == "-" else f"input file {path}"
@@ -163,7 +165,6 @@ def cmd_sample(args) -> int:
 
 
 def cmd_latency(args) -> int:
-    import torch
 
     from gcnn.evaluation.latency import (
         LatencyConfig,
@@ -173,8 +174,6 @@ def cmd_latency(args) -> int:
         run_latency,
     )
 
-    if args.threads is not None:
-        torch.set_num_threads(_positive("--threads", args.threads))
     # nn.LSTM with proj_size (lstm-2048) runs ATen's own kernel instead of oneDNN; torch warns
     # on every call, which would drown the table (docs/evaluation.md says so once)
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
@@ -225,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(q, batch_size):
         q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
         q.add_argument("--batch-size", type=int, default=batch_size)
+        q.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 
     q = sub.add_parser("perplexity", help="exact perplexity of a checkpoint on a split")
     q.add_argument("checkpoint")
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--stop-at-eos", action="store_true", help="stop after the first <eos>")
     q.add_argument("--device", default="cpu")
+    q.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     q.set_defaults(run=cmd_sample)
 
     q = sub.add_parser("latency", help="throughput and responsiveness (paper Table 4)")
@@ -285,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(_positive("--threads", args.threads))
     return args.run(args)
 
 
