@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tiny test models run fastest on one thread (no sync overhead, no fight for the 2 cores).
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny test models run fastest on one thread: no OpenMP barriers, no fight for 2 cores.
+
+    Reset around every test, since CLI code under test may change the thread count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _wikitext(name: str) -> Path:

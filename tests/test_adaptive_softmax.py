@@ -12,15 +12,6 @@ from gcnn.models import IGNORE_INDEX, AdaptiveSoftmax
 V, D = 57, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine lose a lot to it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def dense_reference(asm: AdaptiveSoftmax, hidden: torch.Tensor) -> torch.Tensor:
     """log p(w) for every word, written out from the weights, one cluster at a time."""
     head = F.log_softmax(hidden @ asm.head.weight.T, dim=-1)

@@ -19,15 +19,6 @@ V = 61
 CUTOFFS = [8, 24]  # two tail clusters even in a tiny vocabulary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine lose a lot to it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(name: str, **overrides):
     """The preset `name` with its structure kept and its sizes shrunk (eval mode, fp32)."""
     preset = PRESETS[name]

@@ -42,14 +42,6 @@ TINY_LSTM = [
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def args(corpus: Path, out: Path, *extra: str, base=TINY) -> list[str]:
     return ["--data", str(corpus), "--out", str(out), *base, *extra]
 

@@ -21,14 +21,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY, TINY_LSTM, args  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

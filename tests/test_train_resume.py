@@ -23,14 +23,6 @@ from test_train import TINY, TINY_LSTM, args  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the reference below runs on one thread too
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def losses(out: Path) -> dict[tuple[int, str], float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {

@@ -257,7 +257,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="PRESET", help="preset (python -m gcnn.models lists them)")
     g.add_argument("--dropout", type=float)
-    g.add_argument("--gating", help="glu, gtu, relu, tanh or linear (presets use glu)")
+    g.add_argument("--gating", help="glu, gtu, relu, tanh, linear or bilinear (presets use glu)")
     g.add_argument("--weight-norm", action=argparse.BooleanOptionalAction)
     g.add_argument(
         "--model-arg",

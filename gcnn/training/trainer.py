@@ -323,6 +323,7 @@ class Trainer:
             vocab_size=config.vocab_size,
             splits=("train", "valid"),
             progress=main and config.progress,
+            download=True,  # a named corpus (wikitext-2/103) missing locally is fetched once
         )
         if main:
             self.dist.barrier()
