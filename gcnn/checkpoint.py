@@ -13,7 +13,6 @@ checkpoint downloaded from someone else is as safe to open as a .npy file.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gcnn.data.cache import atomic_write
 from gcnn.errors import GcnnError
 
 FORMAT = "gcnn"
@@ -36,27 +36,8 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> None:
     """Write `ckpt` to `path` atomically: readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    # Make the rename itself durable (a power cut right after must not bring the old file back).
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

@@ -51,6 +51,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         raise
     f.close()
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # make the rename itself durable
 
 
 def _fsync_dir(path: Path) -> None:

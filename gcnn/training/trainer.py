@@ -35,6 +35,7 @@ from gcnn.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from gcnn.data.cache import atomic_write
 from gcnn.errors import GcnnError
 from gcnn.training.config import DATASETS, TrainConfig, to_toml
 
@@ -603,7 +604,7 @@ class Trainer:
         if main:
             config_text = to_toml(c)
             self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.out / "config.toml", config_text)
+            write_text_atomic(self.out / "config.toml", config_text)
             self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=p.step)
             self.tb = None
             if c.tensorboard:
@@ -823,13 +824,9 @@ def _ppl(loss: float) -> float:
 # --- files and signals -------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -847,7 +844,7 @@ class MetricsLog:
                             kept.append(line)
                     except (ValueError, KeyError, TypeError):
                         continue  # a line cut short by the kill
-            _atomic_write_text(path, "".join(line + "\n" for line in kept))
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, row: dict) -> None:
