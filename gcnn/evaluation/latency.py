@@ -82,6 +82,7 @@ class LatencyResult:
     responsiveness_iqr: tuple[float, float]
     latency_ms: float  # median time to score one sentence at batch 1
     latency_iqr_ms: tuple[float, float]
+    network_latency_ms: float  # median time of the network alone (no softmax), batch 1
     sentence_length: int
     precision: str
     threads: int
@@ -330,6 +331,21 @@ def scoring_fn(model: nn.Module, sentences: torch.Tensor, eos_id: int = 0) -> Ca
     return score
 
 
+def network_fn(model: nn.Module, sentences: torch.Tensor, eos_id: int = 0) -> Callable[[], object]:
+    """Like `scoring_fn`, but stops before the softmax: only the network's hidden states.
+
+    Not a way to score anything; it tells how a sentence's time splits between the network
+    (convolutions or recurrence) and the adaptive softmax.
+    """
+    inputs = torch.cat([torch.full_like(sentences[:, :1], eos_id), sentences[:, :-1]], dim=-1)
+
+    def forward():
+        with torch.inference_mode():
+            return model(inputs)[0]
+
+    return forward
+
+
 def _vocab_size(model: nn.Module) -> int:
     config = model.config_dict() if hasattr(model, "config_dict") else {}
     if "vocab_size" in config:
@@ -374,6 +390,16 @@ def measure(
     singles = interleaved_timings(
         [call(model, 1) for _, model in models], config.repeats, config.warmup, dev
     )
+    # the same sentences through the network alone: how much of the latency is the softmax
+    networks = interleaved_timings(
+        [
+            network_fn(model, random_sentences(_vocab_size(model), 1, length, config.seed).to(dev))
+            for _, model in models
+        ],
+        config.repeats,
+        config.warmup,
+        dev,
+    )
     by_length: list[dict[int, float]] = [{} for _ in models]
     for n in plot_lengths:
         log(f"latency at sentence length {n}")
@@ -384,8 +410,8 @@ def measure(
             d[n] = 1e3 * t.median
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results = []
-    for (name, model), (batch, bt), single, lengths in zip(
-        models, best, singles, by_length, strict=True
+    for (name, model), (batch, bt), single, network, lengths in zip(
+        models, best, singles, networks, by_length, strict=True
     ):
         results.append(
             LatencyResult(
@@ -399,6 +425,7 @@ def measure(
                 responsiveness_iqr=(length / single.q3, length / single.q1),
                 latency_ms=1e3 * single.median,
                 latency_iqr_ms=(1e3 * single.q1, 1e3 * single.q3),
+                network_latency_ms=1e3 * network.median,
                 sentence_length=length,
                 precision=config.precision,
                 threads=torch.get_num_threads(),
@@ -461,8 +488,9 @@ def markdown_table(results: Sequence[LatencyResult]) -> str:
         f"{r0.threads} thread(s); median (interquartile range) over repeats after warm-up"
         + (f"; load average {r0.load_average:.1f}." if r0.load_average is not None else "."),
         "",
-        "| Model | Params | Throughput (tok/s) | Responsiveness (tok/s) | Latency (ms) |",
-        "|---|---:|---:|---:|---:|",
+        "| Model | Params | Throughput (tok/s) | Responsiveness (tok/s) | Latency (ms) "
+        "| of which network (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
@@ -471,7 +499,8 @@ def markdown_table(results: Sequence[LatencyResult]) -> str:
             f"{r.throughput_iqr[0]:,.0f}–{r.throughput_iqr[1]:,.0f}) "
             f"| {r.responsiveness:,.0f} ({r.responsiveness_iqr[0]:,.0f}–"
             f"{r.responsiveness_iqr[1]:,.0f}) "
-            f"| {r.latency_ms:.2f} ({r.latency_iqr_ms[0]:.2f}–{r.latency_iqr_ms[1]:.2f}) |"
+            f"| {r.latency_ms:.2f} ({r.latency_iqr_ms[0]:.2f}–{r.latency_iqr_ms[1]:.2f}) "
+            f"| {r.network_latency_ms:.2f} |"
         )
     gcnns = [r for r in results if r.family == "gcnn"]
     lstms = [r for r in results if r.family == "lstm"]
@@ -482,7 +511,8 @@ def markdown_table(results: Sequence[LatencyResult]) -> str:
                 lines.append(
                     f"GCNN/LSTM: {g.model} vs {lstm.model}: responsiveness "
                     f"{g.responsiveness / lstm.responsiveness:.1f}x, throughput "
-                    f"{g.throughput / lstm.throughput:.1f}x"
+                    f"{g.throughput / lstm.throughput:.1f}x, network alone (no softmax) "
+                    f"{lstm.network_latency_ms / g.network_latency_ms:.1f}x"
                 )
     return "\n".join(lines)
 
