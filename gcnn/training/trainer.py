@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -35,11 +34,17 @@ from gcnn.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from gcnn.data.cache import atomic_write
+from gcnn.data import IGNORE_INDEX, atomic_write
 from gcnn.errors import GcnnError
 from gcnn.training.config import DATASETS, TrainConfig, to_toml
+from gcnn.training.distributed import (
+    init_distributed,
+    resolve_precision,
+    state_from_plain,
+    state_to_plain,
+)
+from gcnn.training.optim import LRSchedule, make_optimizer
 
-IGNORE_INDEX = -100  # gcnn.data.IGNORE_INDEX; repeated so this module imports cheaply
 
 
 # --- resolving the defaults that depend on the model ------------------------------------------
@@ -96,62 +101,6 @@ def model_overrides(config: TrainConfig) -> dict:
     return overrides
 
 
-# --- the learning-rate schedules ---------------------------------------------------------------
-
-
-class LRSchedule:
-    """nag: constant lr, x lr_shrink whenever validation loss fails to improve (plateau).
-    adamw: linear warm-up, then cosine decay to min_lr at the horizon.
-
-    Written out instead of torch.optim.lr_scheduler so the whole state is three numbers in the
-    checkpoint and the lr of every update is a function of that state alone.
-    """
-
-    def __init__(self, config: TrainConfig, horizon: int | None, max_seconds: float | None):
-        self.kind = config.optimizer
-        self.base_lr = config.lr
-        self.min_lr = config.min_lr
-        self.shrink = config.lr_shrink
-        self.warmup = config.warmup_updates
-        self.horizon = horizon  # total updates; None: decay over max_minutes instead
-        self.max_seconds = max_seconds
-        self.plateau_lr = config.lr  # nag's current lr
-        self.best_loss = math.inf
-
-    def lr(self, step: int, elapsed: float) -> float:
-        if self.kind == "nag":
-            return self.plateau_lr
-        if step < self.warmup:
-            return self.base_lr * (step + 1) / self.warmup
-        # Progress towards whichever limit comes first. The update count is deterministic; the
-        # clock (--max-minutes) is not, so a run limited by time is resumable but not bit-exact.
-        progress = 0.0
-        if self.horizon is not None:
-            progress = (step - self.warmup) / max(1, self.horizon - self.warmup)
-        if self.max_seconds:
-            progress = max(progress, elapsed / self.max_seconds)
-        progress = min(1.0, max(0.0, progress))
-        lo = min(self.min_lr, self.base_lr)
-        return lo + 0.5 * (self.base_lr - lo) * (1 + math.cos(math.pi * progress))
-
-    def on_validation(self, loss: float) -> None:
-        """fairseq's reduce-lr-on-plateau with patience 0: shrink after every non-improvement."""
-        if loss < self.best_loss:
-            self.best_loss = loss
-        elif self.kind == "nag":
-            self.plateau_lr *= self.shrink
-
-    def exhausted(self) -> bool:
-        return self.kind == "nag" and self.plateau_lr < self.min_lr
-
-    def state_dict(self) -> dict:
-        return {"kind": self.kind, "plateau_lr": self.plateau_lr, "best_loss": self.best_loss}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.plateau_lr = float(state["plateau_lr"])
-        self.best_loss = float(state["best_loss"])
-
-
 class LossModule(nn.Module):
     """model.loss as a forward(), so DistributedDataParallel sees (and syncs) the whole loss."""
 
@@ -161,122 +110,6 @@ class LossModule(nn.Module):
 
     def forward(self, inputs, targets, state=None):
         return self.model.loss(inputs, targets, state)
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "nag":
-        return torch.optim.SGD(
-            params,
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=True,
-            weight_decay=config.weight_decay,
-        )
-    # AdamW: decay matrices (embeddings, convolution directions) but not biases and gains.
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
-
-
-# --- distributed helpers -----------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: list[float], device) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        if self.enabled:
-            dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-
-def init_distributed(config: TrainConfig) -> tuple[Dist, torch.device]:
-    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(config.device, local_rank if world_size > 1 else None)
-    if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, local_rank), device
-
-
-def resolve_device(name: str, local_rank: int | None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GcnnError(f"--device {name}: CUDA is not available here; use --device cpu")
-        if name == "cuda" and local_rank is not None:
-            name = f"cuda:{local_rank}"
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise GcnnError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
-    return torch.device(name)
-
-
-def resolve_precision(config: TrainConfig, device: torch.device) -> str:
-    """ "auto" means bf16 autocast where the hardware computes in bf16 natively (CUDA with bf16,
-    CPUs with AVX512-BF16 or AMX: several times faster there), fp32 elsewhere."""
-    if config.precision != "auto":
-        return config.precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"
-
-
-# --- state that must survive a restart ---------------------------------------------------------
-
-
-def _state_to_plain(state, d: Dist):
-    """The LSTM's carried (h, c) of ALL ranks, rows in rank order, as CPU tensors (GCNN: None).
-
-    A collective: every rank must call it. Tensors are (layers, rows, hidden)."""
-    if state is None:
-        return None
-    out = []
-    for s in state:
-        s = s.detach().contiguous()
-        if d.enabled:
-            parts = [torch.empty_like(s) for _ in range(d.world_size)]
-            dist.all_gather(parts, s)
-            s = torch.cat(parts, dim=1)
-        out.append(s.cpu())
-    return out
-
-
-def _state_from_plain(state, d: Dist, rows: int, device):
-    """This rank's rows of a state saved by `_state_to_plain`."""
-    if state is None:
-        return None
-    return tuple(s[:, d.rank * rows : (d.rank + 1) * rows].to(device) for s in state)
 
 
 @dataclasses.dataclass
@@ -461,7 +294,7 @@ class Trainer:
             )
         self.progress.epoch, self.progress.batch = int(position["epoch"]), int(position["batch"])
         self.progress.step = int(ckpt["step"])
-        self.train_state = _state_from_plain(
+        self.train_state = state_from_plain(
             position.get("state"), self.dist, self.rows, self.device
         )
         if self.dist.is_main:
@@ -500,7 +333,7 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> None:
-        state = _state_to_plain(self.train_state, self.dist)  # collective: before rank checks
+        state = state_to_plain(self.train_state, self.dist)  # collective: before rank checks
         self.saved_step = self.step  # on every rank, so that all make the same save() calls
         if not self.dist.is_main:
             return

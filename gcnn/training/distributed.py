@@ -1,0 +1,105 @@
+"""Processes and devices: torchrun's environment, DDP collectives, device and precision choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+from gcnn.errors import GcnnError
+from gcnn.training.config import TrainConfig
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: list[float], device) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(config: TrainConfig) -> tuple[Dist, torch.device]:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(config.device, local_rank if world_size > 1 else None)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world_size, local_rank), device
+
+
+def resolve_device(name: str, local_rank: int | None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GcnnError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise GcnnError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    return torch.device(name)
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
+    """ "auto" means bf16 autocast where the hardware computes in bf16 natively (CUDA with bf16,
+    CPUs with AVX512-BF16 or AMX: several times faster there), fp32 elsewhere."""
+    if config.precision != "auto":
+        return config.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
+
+
+# --- state that must survive a restart ---------------------------------------------------------
+
+
+def state_to_plain(state, d: Dist):
+    """The LSTM's carried (h, c) of ALL ranks, rows in rank order, as CPU tensors (GCNN: None).
+
+    A collective: every rank must call it. Tensors are (layers, rows, hidden)."""
+    if state is None:
+        return None
+    out = []
+    for s in state:
+        s = s.detach().contiguous()
+        if d.enabled:
+            parts = [torch.empty_like(s) for _ in range(d.world_size)]
+            dist.all_gather(parts, s)
+            s = torch.cat(parts, dim=1)
+        out.append(s.cpu())
+    return out
+
+
+def state_from_plain(state, d: Dist, rows: int, device):
+    """This rank's rows of a state saved by `state_to_plain`."""
+    if state is None:
+        return None
+    return tuple(s[:, d.rank * rows : (d.rank + 1) * rows].to(device) for s in state)
