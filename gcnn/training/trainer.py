@@ -45,8 +45,6 @@ from gcnn.training.distributed import (
 )
 from gcnn.training.optim import LRSchedule, make_optimizer
 
-
-
 # --- resolving the defaults that depend on the model ------------------------------------------
 
 
