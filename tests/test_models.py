@@ -7,6 +7,9 @@ widths), so these tests run in seconds on a CPU.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,12 +291,12 @@ def test_cli_prints_every_preset(capsys):
     assert "error: --vocab-size 1" in capsys.readouterr().err
 
 
-def test_benchmark_runs(capsys):
-    from gcnn.models.benchmark import main
-
+def test_train_step_benchmark_runs():
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train_step.py"
     args = ["--vocab-size", "100", "--batch-size", "2", "--tokens", "8", "--steps", "1"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
     assert "gcnn-small" in out and "lstm-small" in out and "ms" in out
 
 

@@ -1,4 +1,4 @@
-"""python -m gcnn.models.benchmark: milliseconds per training step of the CPU presets.
+"""Milliseconds per training step of the CPU presets: python benchmarks/bench_train_step.py.
 
 One step = forward + backward of `loss` on a batch of 16 x (32 + 128) tokens (the GCNN's context
 plus a block), in fp32 and under bf16 autocast. Targets follow a Zipf law over the vocabulary, like
