@@ -30,6 +30,7 @@ _EXPORTS = {
     "model_from_config": "gcnn.models",
     "AdaptiveSoftmax": "gcnn.models",
     # checkpoints
+    "model_checkpoint": "gcnn.checkpoint",
     "save_checkpoint": "gcnn.checkpoint",
     "load_checkpoint": "gcnn.checkpoint",
     "load_model": "gcnn.checkpoint",

@@ -32,6 +32,23 @@ VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model_config", "model", "tokenizer", "vocab_fingerprint")
 
 
+def model_checkpoint(model: torch.nn.Module, tokenizer, **extra: Any) -> dict:
+    """The checkpoint dict of a model and its tokenizer: everything `load_model` needs.
+
+    Training adds its own keys (optimizer, step, data position, ...) through `extra`; a model
+    built and trained outside train.py can be saved this way and used by evaluate.py.
+    """
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": model.config_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer": tokenizer.state_dict(),
+        "vocab_fingerprint": tokenizer.fingerprint(),
+        **extra,
+    }
+
+
 def save_checkpoint(path: str | Path, ckpt: dict) -> None:
     """Write `ckpt` to `path` atomically: readers see the old file or the new one, never half."""
     path = Path(path)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import write_synthetic_corpus
 
-from gcnn.checkpoint import save_checkpoint
+from gcnn.checkpoint import model_checkpoint, save_checkpoint
 from gcnn.data import IGNORE_INDEX, prepare_corpus
 from gcnn.evaluation.cli import main
 from gcnn.evaluation.perplexity import corpus_nll, tokenize_split
@@ -50,21 +50,9 @@ def tiny_model(family: str, vocab_size: int, seed: int = 0):
 
 
 def write_checkpoint(path: Path, model, tokenizer, corpus_dir: Path | None = None) -> Path:
-    save_checkpoint(
-        path,
-        {
-            "format": "gcnn",
-            "version": 1,
-            "model_config": model.config_dict(),
-            "model": model.state_dict(),
-            "tokenizer": tokenizer.state_dict(),
-            "vocab_fingerprint": tokenizer.fingerprint(),
-            "train_config": {"data": str(corpus_dir)} if corpus_dir else {},
-            "step": 0,
-            "epoch": 0,
-            "metrics": {},
-        },
-    )
+    train_config = {"data": str(corpus_dir)} if corpus_dir else {}
+    ckpt = model_checkpoint(model, tokenizer, train_config=train_config, step=0, epoch=0)
+    save_checkpoint(path, ckpt)
     return path
 
 

@@ -134,23 +134,13 @@ def test_latency_json(capsys):
 
 
 def test_latency_table_bf16_and_checkpoint(tmp_path, capsys):
-    from gcnn.checkpoint import save_checkpoint
+    from gcnn.checkpoint import model_checkpoint, save_checkpoint
     from gcnn.data import WordTokenizer
 
     tokenizer = WordTokenizer(["<eos>", "<unk>"] + [f"w{i}" for i in range(298)])
     model = build_model("gcnn-small", 300, **GCNN_TINY)
     path = tmp_path / "tiny.pt"
-    save_checkpoint(
-        path,
-        {
-            "format": "gcnn",
-            "version": 1,
-            "model_config": model.config_dict(),
-            "model": model.state_dict(),
-            "tokenizer": tokenizer.state_dict(),
-            "vocab_fingerprint": tokenizer.fingerprint(),
-        },
-    )
+    save_checkpoint(path, model_checkpoint(model, tokenizer))
     argv = ["latency", path, "lstm-small", "--precision", "bf16", *SMALL]
     code, out, err = run_main(argv, capsys)
     assert code == 0, err

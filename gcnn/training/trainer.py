@@ -27,9 +27,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gcnn.checkpoint import (
-    FORMAT,
-    VERSION,
     load_checkpoint,
+    model_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -304,31 +303,27 @@ class Trainer:
 
     def checkpoint(self, state=None) -> dict:
         p = self.progress
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "model_config": self.model.config_dict(),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "tokenizer": self.tokenizer.state_dict(),
-            "vocab_fingerprint": self.fingerprint,
-            "train_config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "step": p.step,
-            "epoch": p.epoch,
-            "data_position": {
+        return model_checkpoint(
+            self.model,
+            self.tokenizer,
+            train_config=self.config.to_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.schedule.state_dict(),
+            step=p.step,
+            epoch=p.epoch,
+            data_position={
                 "epoch": p.epoch,
                 "batch": p.batch,
                 "rows": self.rows * self.dist.world_size,  # global rows per micro-batch
                 "state": state,
             },
-            "rng": rng_state(),
-            "metrics": {
+            rng=rng_state(),
+            metrics={
                 **dataclasses.asdict(p),
                 "best_valid_ppl": _ppl(p.best_valid_loss),
                 "world_size": self.dist.world_size,
             },
-        }
+        )
 
     def save(self, best: bool = False) -> None:
         state = state_to_plain(self.train_state, self.dist)  # collective: before rank checks
