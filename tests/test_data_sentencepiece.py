@@ -70,3 +70,10 @@ def test_bad_sentencepiece_settings(sp_corpus):
         prepare_corpus(sp_corpus, "sentencepiece", vocab_size=2)
     with pytest.raises(GcnnError, match="corrupt sentencepiece model"):
         tokenizer_from_state({"kind": "sentencepiece", "model": torch.zeros(5, dtype=torch.uint8)})
+
+
+def test_sentencepiece_trains_when_stderr_has_no_file_descriptor(capsys):
+    # capsys swaps sys.stderr for an object without fileno(), as notebooks do.
+    lines = ["the cat sat on the mat"] * 50 + ["a dog ran far away"] * 50
+    tok = SentencePieceTokenizer.train(lines, vocab_size=20)
+    assert tok.decode(tok.encode("the cat")[:-1]) == "the cat"

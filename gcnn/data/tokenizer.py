@@ -12,6 +12,7 @@ import hashlib
 import io
 import itertools
 import os
+import sys
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -168,6 +169,10 @@ class SentencePieceTokenizer:
         buffer = io.BytesIO()
         try:
             with open(os.devnull, "w") as quiet:
+                # sentencepiece silences its log by redirecting file descriptor 2, which a
+                # replaced sys.stderr (pytest's capsys, notebooks) does not have: then rely on
+                # minloglevel alone.
+                silence = {"logstream": quiet} if _has_fileno(sys.stderr) else {}
                 spm.SentencePieceTrainer.Train(
                     sentence_iterator=(line for line in lines if line.strip()),
                     model_writer=buffer,
@@ -184,7 +189,7 @@ class SentencePieceTokenizer:
                     shuffle_input_sentence=True,
                     num_threads=2,
                     minloglevel=2,
-                    logstream=quiet,
+                    **silence,
                 )
         except RuntimeError as err:
             raise GcnnError(f"sentencepiece training failed: {err}") from None
@@ -273,3 +278,11 @@ def _ints(ids) -> list[int]:
     if isinstance(ids, torch.Tensor):
         return ids.flatten().tolist()
     return [int(i) for i in np.asarray(ids).ravel()]
+
+
+def _has_fileno(stream) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+    return True
