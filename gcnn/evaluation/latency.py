@@ -129,21 +129,6 @@ def load_for_latency(spec: str, vocab_size: int | None, device: str) -> tuple[st
     )
 
 
-def remove_weight_norm(model: nn.Module) -> nn.Module:
-    """Fold weight normalization into plain weights (w = g·v/‖v‖ computed once, not per call)."""
-    from torch.nn.utils import parametrize
-
-    for module in model.modules():
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-        # the older hook-based torch.nn.utils.weight_norm
-        for hook in list(getattr(module, "_forward_pre_hooks", {}).values()):
-            if type(hook).__name__ == "WeightNorm":
-                torch.nn.utils.remove_weight_norm(module, hook.name)
-    return model
-
-
 class GemmConv1d(nn.Module):
     """Inference stand-in for a (causal) nn.Conv1d: the k taps unfolded into one matrix multiply.
 
@@ -222,7 +207,7 @@ def convolutions_as_matmuls(model: nn.Module) -> nn.Module:
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype, device: str) -> nn.Module:
     """Weights ready for fast scoring, prepared once: no weight norm, eval mode, one dtype,
     convolutions as single matrix multiplies."""
-    model = remove_weight_norm(model)
+    model = model.remove_weight_norm()  # w = g·v/‖v‖ computed once, not per call
     model.eval()
     model = convolutions_as_matmuls(model)
     model.to(device=device, dtype=dtype)
@@ -232,10 +217,6 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype, device: str) -> 
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +398,7 @@ def measure(
             LatencyResult(
                 model=name,
                 family=getattr(model, "family", "?"),
-                params=count_params(model),
+                params=model.num_parameters(),
                 throughput=batch * length / bt.median,
                 throughput_batch_size=batch,
                 throughput_iqr=(batch * length / bt.q3, batch * length / bt.q1),
@@ -468,7 +449,7 @@ def run_latency(
     for spec in specs:
         name, model = load_for_latency(spec, vocab_size, config.device)
         model = prepare_for_inference(model, PRECISIONS[config.precision], config.device)
-        size = f"{count_params(model) / 1e6:.1f}M parameters, vocabulary {_vocab_size(model):,}"
+        size = f"{model.num_parameters() / 1e6:.1f}M parameters, vocabulary {_vocab_size(model):,}"
         log(f"{name}: {size}")
         models.append((name, model))
     return measure(models, config, plot_lengths, log)

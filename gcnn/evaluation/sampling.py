@@ -83,10 +83,9 @@ def sample(
     history = [eos_id, *prompt]
     out: list[int] = []
     if incremental:
-        state = model.init_state(1, device=device)
-        log_probs = None
-        for token in history:  # feed the context one token at a time
-            log_probs, state = model.step(torch.tensor([token], device=device), state)
+        # the prompt in one call (a chunk with a state: same as feeding it token by token)
+        hidden, state = model(torch.tensor([history], device=device), model.init_state(1, device))
+        log_probs = model.softmax.log_prob(hidden[:, -1])
         for _ in range(config.max_tokens):
             token = choose_token(log_probs[0], config, generator)
             out.append(token)

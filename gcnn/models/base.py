@@ -7,11 +7,14 @@ into probabilities lives here, so both families score text the same way.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from gcnn.data import IGNORE_INDEX
+from gcnn.models.adaptive_softmax import AdaptiveSoftmax
 
 
 class LanguageModel(nn.Module):
@@ -24,7 +27,19 @@ class LanguageModel(nn.Module):
         return None
 
     def config_dict(self) -> dict:
-        raise NotImplementedError
+        """Plain types only: `model_from_config(model.config_dict())` rebuilds the model."""
+        return dataclasses.asdict(self.config)
+
+    def make_softmax(self, in_features: int) -> AdaptiveSoftmax:
+        """The output layer both families share, from the config's softmax fields."""
+        c = self.config
+        return AdaptiveSoftmax(
+            in_features,
+            c.vocab_size,
+            c.cutoffs,
+            dropout=c.softmax_dropout,
+            tail_factor=c.tail_factor,
+        )
 
     def init_state(self, batch_size: int, device=None):
         raise NotImplementedError

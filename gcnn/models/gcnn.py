@@ -10,12 +10,9 @@ exactly `receptive_field` = 1 + sum(k - 1) input tokens, x[t - receptive_field +
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn as nn
 
-from gcnn.models.adaptive_softmax import AdaptiveSoftmax
 from gcnn.models.base import LanguageModel
 from gcnn.models.blocks import GatedConvBlock, make_linear
 from gcnn.models.config import GCNNConfig
@@ -45,13 +42,7 @@ class GatedConvLM(LanguageModel):
         self.fc_out = None
         if softmax_dim != width:
             self.fc_out = make_linear(width, softmax_dim, config.dropout, config.weight_norm)
-        self.softmax = AdaptiveSoftmax(
-            softmax_dim,
-            config.vocab_size,
-            config.cutoffs,
-            dropout=config.softmax_dropout,
-            tail_factor=config.tail_factor,
-        )
+        self.softmax = self.make_softmax(softmax_dim)
 
     def convs(self):
         return [conv for block in self.blocks for conv in block.convs]
@@ -63,9 +54,6 @@ class GatedConvLM(LanguageModel):
     @property
     def num_layers(self) -> int:
         return len(self.convs())
-
-    def config_dict(self) -> dict:
-        return dataclasses.asdict(self.config)
 
     def forward(self, inputs: torch.Tensor, state: list | None = None):
         """inputs (B, T) ids -> (hidden (B, T, D), new state).

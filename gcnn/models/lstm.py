@@ -10,12 +10,9 @@ standard LSTM of the paper's baselines.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn as nn
 
-from gcnn.models.adaptive_softmax import AdaptiveSoftmax
 from gcnn.models.base import LanguageModel
 from gcnn.models.config import LSTMConfig
 
@@ -48,20 +45,11 @@ class LSTMLM(LanguageModel):
         out_dim = config.proj_size or config.hidden_size
         softmax_dim = config.softmax_dim or out_dim
         self.fc_out = nn.Linear(out_dim, softmax_dim) if softmax_dim != out_dim else None
-        self.softmax = AdaptiveSoftmax(
-            softmax_dim,
-            config.vocab_size,
-            config.cutoffs,
-            dropout=config.softmax_dropout,
-            tail_factor=config.tail_factor,
-        )
+        self.softmax = self.make_softmax(softmax_dim)
 
     @property
     def num_layers(self) -> int:
         return self.config.num_layers
-
-    def config_dict(self) -> dict:
-        return dataclasses.asdict(self.config)
 
     def forward(self, inputs: torch.Tensor, state=None):
         """inputs (B, T) ids, state (h, c) or None (zeros) -> (hidden (B, T, D), new (h, c))."""
