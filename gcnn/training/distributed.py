@@ -26,8 +26,9 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_sum(self, values: list[float], device) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    def all_sum(self, values: list[float] | torch.Tensor, device) -> list[float]:
+        """Sums over ranks (a no-op on one process); `.tolist()` is the one host sync."""
+        tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
         if self.enabled:
             dist.all_reduce(tensor)
         return tensor.tolist()

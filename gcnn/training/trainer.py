@@ -354,7 +354,7 @@ class Trainer:
     def validate(self) -> float:
         """Mean NLL per target over the whole validation split (all ranks together)."""
         self.model.eval()
-        total, count = 0.0, 0.0
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # NLL, targets
         state = None
         if self.model.is_recurrent:
             state = self.model.init_state(self.rows, self.device)
@@ -362,10 +362,9 @@ class Trainer:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             with self.autocast():
                 loss_sum, n, state = self.model.loss(inputs, targets, state)
-            total += float(loss_sum)
-            count += float(n)
+            sums += torch.stack([loss_sum.double(), n.double()])  # no host sync per batch
         self.model.train()
-        total, count = self.dist.all_sum([total, count], self.device)
+        total, count = self.dist.all_sum(sums, self.device)
         return total / max(count, 1.0)
 
     # -- one update ------------------------------------------------------------------------------
@@ -388,7 +387,8 @@ class Trainer:
         (global_count,) = self.dist.all_sum([local_count], self.device)
         # DDP averages gradients over ranks; scale so the result is sum / GLOBAL count.
         scale = self.dist.world_size / max(global_count, 1.0)
-        loss_total = 0.0
+        # Accumulated on the device: one host-device sync per update (below), not one per batch.
+        loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
         lr = self.schedule.lr(self.step, self.progress.wall_s)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -404,14 +404,17 @@ class Trainer:
                 (loss_sum * scale).backward()
             if self.model.is_recurrent:
                 self.train_state = self.model.detach_state(state)
-            loss_total += float(loss_sum.detach())
+            loss_total += loss_sum.detach().double()
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = c.clip_norm if c.clip_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        local_bad = not (math.isfinite(loss_total) and math.isfinite(grad_norm))
+        grad_norm = torch.zeros((), device=self.device)
+        if params:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        local_bad = ~(torch.isfinite(loss_total) & torch.isfinite(grad_norm))
+        requested = torch.tensor(float(stopper.requested), dtype=torch.float64, device=self.device)
         loss_sum_g, bad, stop = self.dist.all_sum(
             # a signal that arrived during this update stops the run right after it
-            [loss_total if not local_bad else 0.0, float(local_bad), float(stopper.requested)],
+            torch.stack([loss_total.where(~local_bad, 0.0), local_bad.double(), requested]),
             self.device,
         )
         skipped = bad > 0
