@@ -128,15 +128,15 @@ def corpus_nll(
 ) -> tuple[float, int]:
     """(total NLL in nats, number of scored tokens) over the token stream, exactly."""
     model.eval()
-    nll, count = 0.0, 0
+    # (NLL, count) summed on the device in float64: no host sync until the end
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
     if model.is_recurrent:
         # batch of one stream: the state runs from the first token to the last
         state = None
         for inputs, targets in StreamBatcher(tokens, eos_id, block_size, 1).epoch(0):
             inputs, targets = inputs.to(device), targets.to(device)
             loss, n, state = model.loss(inputs, targets, state)
-            nll += float(loss.double())
-            count += int(n)
+            sums += torch.stack([loss.double(), n.double()])
     else:
         context = max(0, int(model.receptive_field) - 1)
         batcher = BlockBatcher(tokens, eos_id, block_size, batch_size, context=context)
@@ -144,8 +144,8 @@ def corpus_nll(
             inputs, targets = inputs.to(device), targets.to(device)
             log_probs = model.token_log_probs(inputs, targets)
             mask = targets != IGNORE_INDEX
-            nll -= float(log_probs.double()[mask].sum())
-            count += int(mask.sum())
+            sums += torch.stack([-log_probs.double()[mask].sum(), mask.sum().double()])
+    nll, count = sums[0].item(), int(sums[1].item())
     if count != len(tokens):  # a batcher that skips or repeats targets is a bug
         raise RuntimeError(f"scored {count} targets, expected {len(tokens)}")
     return nll, count
