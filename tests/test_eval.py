@@ -140,7 +140,7 @@ def test_perplexity_cli_json(checkpoint, corpus, capsys):
     assert code == 0 and "perplexity" in out and f"{len(tokens):,} tokens" in out
 
 
-def test_perplexity_on_real_wikitext2(wikitext2_dir, tmp_path, capsys):
+def test_tokenize_split_matches_the_pipeline_on_wikitext2(wikitext2_dir, tmp_path):
     """Full WikiText-2 test split through the checkpoint's tokenizer: 245,569 tokens, no OOV."""
     corpus = prepare_corpus(wikitext2_dir, cache_dir=tmp_path / "cache", splits=("test",))
     split = tokenize_split(corpus.tokenizer, wikitext2_dir / "wiki.test.tokens.xz")
@@ -371,3 +371,28 @@ def test_ignored_targets_do_not_count(corpus):
     assert alone[1] == together[1] == 2
     assert alone[0] == pytest.approx(together[0], rel=1e-6)
     assert IGNORE_INDEX == -100
+
+
+def test_sampling_filters_mean_what_they_say():
+    from gcnn.evaluation.sampling import choose_token
+
+    log_probs = torch.tensor([0.6, 0.3, 0.1]).log()
+    draws = lambda config: {  # noqa: E731
+        choose_token(log_probs, config, torch.Generator().manual_seed(s)) for s in range(200)
+    }
+    assert draws(SamplingConfig()) == {0, 1, 2}
+    assert draws(SamplingConfig(top_p=0.5)) == {0}  # the nucleus is the 0.6 word alone
+    assert draws(SamplingConfig(top_p=0.8)) == {0, 1}  # 0.6 + 0.3 reaches 0.8
+    assert draws(SamplingConfig(top_k=2)) == {0, 1}
+    assert draws(SamplingConfig(temperature=0)) == {0}  # greedy
+    # temperature reshapes the distribution: colder concentrates on the likeliest word
+    cold = [
+        choose_token(log_probs, SamplingConfig(temperature=0.2), torch.Generator().manual_seed(s))
+        for s in range(400)
+    ]
+    warm = [
+        choose_token(log_probs, SamplingConfig(temperature=5.0), torch.Generator().manual_seed(s))
+        for s in range(400)
+    ]
+    assert cold.count(0) > 370  # p(0) = 0.6^5 / (0.6^5 + 0.3^5 + 0.1^5) ≈ 0.97
+    assert 120 < warm.count(0) < 200  # p(0) ≈ 0.40 at T = 5

@@ -393,3 +393,21 @@ def test_ignore_index_is_the_data_convention():
     import gcnn.data
 
     assert IGNORE_INDEX == gcnn.data.IGNORE_INDEX == -100
+
+
+def test_block_dropout_acts_on_conv_inputs_in_training_only():
+    model = tiny("gcnn-8", dropout=0.5)
+    block, conv = model.blocks[1], model.blocks[1].convs[0]
+    seen = {}
+    block.register_forward_pre_hook(lambda m, a: seen.__setitem__("block", a[0].clone()))
+    conv.register_forward_pre_hook(lambda m, a: seen.__setitem__("conv", a[0].clone()))
+    x = torch.randint(0, V, (2, 10))
+    model.train()
+    model(x)
+    dropped = seen["conv"] == 0
+    assert dropped.float().mean().item() == pytest.approx(0.5, abs=0.15)
+    kept = ~dropped & (seen["block"] != 0)
+    assert torch.allclose(seen["conv"][kept], 2 * seen["block"][kept])  # inverted dropout, p=0.5
+    model.eval()
+    model(x)
+    assert torch.equal(seen["conv"], seen["block"])
