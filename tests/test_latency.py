@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +212,20 @@ def test_plot_draws_one_line_per_model(tmp_path, monkeypatch, capsys):
     assert [c.kwargs["label"] for c in lines] == ["gcnn-small", "lstm-small"]
     lengths, latencies = lines[0].args
     assert lengths == [5, 6, 10, 20, 50, 100] and all(t > 0 for t in latencies)
+
+
+def test_roofline_benchmark_bounds_every_model_below_its_measured_latency():
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_roofline.py"
+    args = ["--models", "gcnn-small", "lstm-small", "--vocab-size", "300", "--repeats", "2"]
+    args += ["--sentence-length", "8", "--precision", "fp32"]
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| ")]
+    rows = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+    assert set(rows) == {"gcnn-small", "lstm-small"}
+    for _gflop, _network, bound, _recurrence, measured in rows.values():
+        assert 0 < float(bound) <= float(measured)  # nothing runs faster than the peak GEMM
+    assert rows["gcnn-small"][3] == "–" and float(rows["lstm-small"][3]) > 0
+    assert "gcnn-small vs lstm-small: measured ratio" in run.stdout
+    bad = subprocess.run([sys.executable, str(script), "--vocab-size", "1"], capture_output=True)
+    assert bad.returncode == 2 and b"error: --vocab-size 1" in bad.stderr
