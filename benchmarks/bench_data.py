@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from gcnn.data import find_split_files, prepare_corpus, read_chunks, resolve_corpus
+from gcnn.errors import GcnnError, run_cli
 
 
 def build_corpus(source: Path, target: Path, repeat: int) -> int:
@@ -51,10 +52,13 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="word", choices=["word", "sentencepiece"])
     parser.add_argument("--workdir", help="where to write the corpus (default: a temp dir)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        raise GcnnError(f"--repeat {args.repeat}: must be at least 1")
+    source = resolve_corpus(args.source)  # a missing corpus fails before any file is written
 
     work = Path(tempfile.mkdtemp(prefix="gcnn-bench-", dir=args.workdir))
     try:
-        size = build_corpus(resolve_corpus(args.source), work, args.repeat)
+        size = build_corpus(source, work, args.repeat)
         mb = size / 1e6
         print(f"corpus: {mb:.0f} MB of text ({args.repeat} x {args.source} train + valid/test)")
         print(f"cores : {os.cpu_count()}, load average before: {load_average()}")
@@ -82,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -17,8 +17,9 @@ import time
 
 import torch
 
+from gcnn.errors import GcnnError, run_cli
 from gcnn.evaluation.sampling import SamplingConfig, choose_token
-from gcnn.models import build_model
+from gcnn.models import PRESETS, build_model
 
 VOCAB = 33_278
 
@@ -53,6 +54,13 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=20, help="tokens generated per measurement")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
+    unknown = [m for m in args.models if m not in PRESETS]
+    if unknown:
+        raise GcnnError(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    if min([args.tokens, *args.prefix_lengths]) < 1 or (
+        args.threads is not None and args.threads < 1
+    ):
+        raise GcnnError("--tokens, --prefix-lengths and --threads must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"median ms per generated token, fp32, {torch.get_num_threads()} thread(s)\n")
@@ -70,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))
