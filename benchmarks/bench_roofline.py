@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     if args.vocab_size is not None and args.vocab_size < 2:
         raise GcnnError(f"--vocab-size {args.vocab_size}: must be at least 2")
     torch.set_num_threads(args.threads)
+    # torch runs LSTMP (lstm-2048) with its own kernel and says so once; evaluate.py is silent too
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
     dtype, length = PRECISIONS[args.precision], args.sentence_length
 
     peak = peak_gflops(dtype)
