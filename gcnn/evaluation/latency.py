@@ -229,18 +229,6 @@ def _synchronize(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def time_call(fn: Callable[[], object], repeats: int, warmup: int, device: str) -> Timing:
-    """Median and spread of `fn`'s wall time after warm-up, synchronising the device each time."""
-    sync = _synchronize(device)
-    for _ in range(warmup):
-        fn()
-    sync()
-    samples = []
-    for _ in range(repeats):
-        samples.append(_timed(fn, sync))
-    return Timing.of(samples)
-
-
 def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     sync()
     start = time.perf_counter()
