@@ -115,3 +115,6 @@ def test_experiment_presets_parse():
     for path in files:
         c = resolve(compose({}, str(path)))
         assert c.model and c.optimizer in ("nag", "adamw"), path
+    # the file that spells out the no-argument default resolves to exactly that default
+    spelled_out = resolve(compose({}, str(files[0].parent / "wt2_gcnn_small.toml")))
+    assert spelled_out == resolve(config_from([]))

@@ -45,7 +45,7 @@ class TrainConfig:
     grad_accum: int = 1
     # optimisation
     optimizer: str | None = None  # None: "nag" for the paper presets, "adamw" for small ones
-    lr: float | None = None  # None: 1.0 (nag), 3e-3 (adamw)
+    lr: float | None = None  # None: 1.0 (nag), 1e-2 (adamw)
     momentum: float = 0.99  # nag only
     weight_decay: float | None = None  # None: 5e-6 (nag), 0.01 on matrices (adamw)
     clip_norm: float | None = None  # None: 0.1 (nag), 1.0 (adamw); 0 disables clipping

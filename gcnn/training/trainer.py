@@ -67,7 +67,7 @@ def resolve(config: TrainConfig, model=None) -> TrainConfig:
         c.optimizer = "adamw" if is_small_preset(c.model) else "nag"
     nag = c.optimizer == "nag"
     if c.lr is None:
-        c.lr = 1.0 if nag else 3e-3
+        c.lr = 1.0 if nag else 1e-2
     if c.weight_decay is None:
         c.weight_decay = 5e-6 if nag else 0.01
     if c.clip_norm is None:
