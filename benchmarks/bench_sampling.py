@@ -19,7 +19,7 @@ import torch
 
 from gcnn.errors import GcnnError, run_cli
 from gcnn.evaluation.sampling import SamplingConfig, choose_token
-from gcnn.models import PRESETS, build_model
+from gcnn.models import build_model
 
 VOCAB = 33_278
 
@@ -54,9 +54,6 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=20, help="tokens generated per measurement")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    unknown = [m for m in args.models if m not in PRESETS]
-    if unknown:
-        raise GcnnError(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
     if min([args.tokens, *args.prefix_lengths]) < 1 or (
         args.threads is not None and args.threads < 1
     ):

@@ -110,11 +110,12 @@ def test_missing_config_file(tmp_path):
 def test_experiment_presets_parse():
     from pathlib import Path
 
-    files = sorted(Path(__file__).parent.parent.joinpath("experiments").glob("*.toml"))
+    experiments = Path(__file__).parent.parent / "experiments"
+    files = sorted(experiments.glob("*.toml"))
     assert files, "experiments/*.toml missing"
     for path in files:
         c = resolve(compose({}, str(path)))
         assert c.model and c.optimizer in ("nag", "adamw"), path
     # the file that spells out the no-argument default resolves to exactly that default
-    spelled_out = resolve(compose({}, str(files[0].parent / "wt2_gcnn_small.toml")))
+    spelled_out = resolve(compose({}, str(experiments / "wt2_gcnn_small.toml")))
     assert spelled_out == resolve(config_from([]))

@@ -58,10 +58,6 @@ def test_nag_is_nesterov_sgd_with_the_papers_momentum():
     assert group["nesterov"] and group["momentum"] == 0.99 and group["weight_decay"] == 5e-6
 
 
-def config_min_lr() -> float:
-    return TrainConfig().min_lr
-
-
 def test_metrics_lr_column_follows_the_schedule(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     extra = ["--max-updates", "12", "--warmup-updates", "4", "--lr", "0.01", "--log-every", "1"]
@@ -71,7 +67,8 @@ def test_metrics_lr_column_follows_the_schedule(tiny_corpus, tmp_path):
     # then the cosine from its peak (progress 0 at the first update after warm-up) downwards
     assert lrs[:5] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01])
     assert all(a > b for a, b in zip(lrs[4:], lrs[5:], strict=False))
-    assert lrs[8] == pytest.approx(config_min_lr() + 0.5 * (0.01 - config_min_lr()))  # halfway
+    min_lr = TrainConfig().min_lr
+    assert lrs[8] == pytest.approx(min_lr + 0.5 * (0.01 - min_lr))  # halfway
 
 
 def test_clip_norm_bounds_the_gradient_of_every_update(tiny_corpus, tmp_path, monkeypatch):
