@@ -96,8 +96,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on `device`, tokenizer, checkpoint dict) from a checkpoint file."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", inference: bool = False):
+    """(model in eval mode on `device`, tokenizer, checkpoint dict) from a checkpoint file.
+
+    inference=True folds weight normalisation into plain weights (the same function, but each
+    w = g·v/‖v‖ is computed once here instead of on every forward call): for scoring and
+    sampling. Leave it False to keep training the model (its parameters are then g and v).
+    """
     # Imported here so that `gcnn.checkpoint` stays importable while only reading files.
     from gcnn.data import tokenizer_from_state
     from gcnn.models import model_from_config
@@ -116,6 +121,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     tokenizer = tokenizer_from_state(ckpt["tokenizer"])
     if tokenizer.fingerprint() != ckpt["vocab_fingerprint"]:
         raise GcnnError(f"checkpoint {path}: tokenizer does not match its vocabulary fingerprint")
+    if inference:
+        model.remove_weight_norm()
     model.to(device).eval()
     return model, tokenizer, ckpt
 

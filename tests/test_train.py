@@ -154,8 +154,8 @@ def test_nan_losses_are_skipped_counted_and_stop_the_run(
     calls = {"n": 0}
     poisoned = {3, 4} | set(range(10, 1000))  # two isolated NaNs, then NaN for ever
 
-    def forward(self, inputs, targets, state=None):
-        loss, count, state = real_forward(self, inputs, targets, state)
+    def forward(self, *args, **kwargs):
+        loss, count, state = real_forward(self, *args, **kwargs)
         calls["n"] += 1
         return (loss * math.nan if calls["n"] in poisoned else loss), count, state
 
@@ -216,11 +216,11 @@ def test_signal_finishes_the_update_saves_and_resumes(tiny_corpus, tmp_path, mon
     real_forward = trainer_module.LossModule.forward
     calls = {"n": 0}
 
-    def forward(self, inputs, targets, state=None):
+    def forward(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), sig)
-        return real_forward(self, inputs, targets, state)
+        return real_forward(self, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module.LossModule, "forward", forward)
     out = tmp_path / "run"

@@ -90,6 +90,8 @@ class BlockBatcher:
         self.num_blocks = math.ceil(self.num_targets / block_size)
         self.rows_per_rank = math.ceil(self.num_blocks / world_size)
         self.width = context + block_size
+        self._deal_epoch: int | None = None
+        self._deal = np.empty((0, 0), dtype=np.int64)
 
     def __len__(self) -> int:
         return math.ceil(self.rows_per_rank / self.batch_size)
@@ -100,22 +102,41 @@ class BlockBatcher:
             return np.arange(self.num_blocks)
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
 
-    def rank_blocks(self, epoch: int) -> np.ndarray:
-        """This rank's blocks for the epoch, padded with -1 (an all-IGNORE row) to rows_per_rank."""
-        mine = self.block_order(epoch)[self.rank :: self.world_size]
-        pad = np.full(self.rows_per_rank - len(mine), -1, dtype=np.int64)
-        return np.concatenate([mine, pad])
+    def deal(self, epoch: int) -> np.ndarray:
+        """(world_size, rows_per_rank): every rank's blocks for the epoch, -1 = an all-IGNORE row.
 
-    def batch_blocks(self, epoch: int, index: int) -> np.ndarray:
+        Drawn once per epoch and kept: a permutation of WikiText-103's 400k blocks costs ~10 ms,
+        far too much to redo for every batch of a fast GPU step.
+        """
+        if self._deal_epoch != epoch:
+            order = self.block_order(epoch)
+            dealt = np.full(self.world_size * self.rows_per_rank, -1, dtype=np.int64)
+            dealt[: len(order)] = order
+            # round-robin: block j of the order goes to rank j % world_size
+            self._deal = dealt.reshape(self.rows_per_rank, self.world_size).T.copy()
+            self._deal_epoch = epoch
+        return self._deal
+
+    def rank_blocks(self, epoch: int, rank: int | None = None) -> np.ndarray:
+        """A rank's blocks for the epoch (default: this one), padded with -1 to rows_per_rank."""
+        return self.deal(epoch)[self.rank if rank is None else rank]
+
+    def batch_blocks(self, epoch: int, index: int, rank: int | None = None) -> np.ndarray:
         """Block ids of batch `index` (rows; -1 is padding)."""
-        return self.rank_blocks(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.rank_blocks(epoch, rank)[rows]
 
-    def num_batch_targets(self, epoch: int, index: int) -> int:
-        """Scored targets in batch `index`: known without building it (for loss normalisation)."""
-        blocks = self.batch_blocks(epoch, index)
+    def num_batch_targets(self, epoch: int, index: int, rank: int | None = None) -> int:
+        """Scored targets in a rank's batch `index`: known without building it."""
+        blocks = self.batch_blocks(epoch, index, rank)
         blocks = blocks[blocks >= 0]
         ends = np.minimum((blocks + 1) * self.block_size, self.num_targets)
         return int((ends - blocks * self.block_size).sum())
+
+    def global_batch_targets(self, epoch: int, index: int) -> int:
+        """Scored targets in batch `index` summed over ALL ranks: every rank can work it out
+        alone (the deal is a function of the seed and epoch), so no collective is needed."""
+        return sum(self.num_batch_targets(epoch, index, r) for r in range(self.world_size))
 
     def make_row(self, block: int, inputs: np.ndarray, targets: np.ndarray) -> None:
         """Fill one (already eos/IGNORE-filled) row with block `block`."""
@@ -186,13 +207,19 @@ class StreamBatcher:
         start = min(row * self.row_length, self.num_targets)
         return start, min(start + self.row_length, self.num_targets)
 
-    def num_batch_targets(self, epoch: int, index: int) -> int:
+    def num_batch_targets(self, epoch: int, index: int, rank: int | None = None) -> int:
+        """Scored targets in a rank's batch `index` (default: this rank's)."""
+        rank = self.rank if rank is None else rank
         total = 0
         for r in range(self.batch_size):
-            start, end = self._row_span(self.rank * self.batch_size + r)
+            start, end = self._row_span(rank * self.batch_size + r)
             lo = start + index * self.block_size
             total += max(0, min(lo + self.block_size, end) - lo)
         return total
+
+    def global_batch_targets(self, epoch: int, index: int) -> int:
+        """Scored targets in batch `index` over all ranks, without any communication."""
+        return sum(self.num_batch_targets(epoch, index, r) for r in range(self.world_size))
 
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.block_size

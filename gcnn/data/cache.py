@@ -63,6 +63,28 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on `path` (created if needed) for the duration of the block.
+
+    Best effort: without fcntl (Windows) or a writable directory, no lock is taken; the atomic
+    renames that every writer uses still keep the files consistent, only work may be repeated.
+    """
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # noqa: SIM115 (closed below)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
 def is_writable_dir(path: Path) -> bool:
     """Writable by mode bits too: root passes os.access everywhere, but a read-only shared
     data directory (mode r-x) must not be written into even by root."""
@@ -127,26 +149,9 @@ class CacheEntry:
         self.settings = {"format": FORMAT_VERSION, **settings}
         self.path = self.cache_dir / f"{kind}-{settings_key(settings)}"
 
-    @contextlib.contextmanager
     def lock(self):
-        """Hold an exclusive lock on this entry while checking and (re)building it.
-
-        Best effort: without fcntl (Windows) or a writable cache directory, no lock is taken;
-        the atomic rename in save() still keeps the entry consistent.
-        """
-        try:
-            import fcntl
-
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(self.cache_dir / f".{self.path.name}.lock", "a+b")  # noqa: SIM115
-        except (ImportError, OSError):
-            yield
-            return
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-        finally:
-            handle.close()  # closing releases the lock
+        """Hold an exclusive lock on this entry while checking and (re)building it."""
+        return file_lock(self.cache_dir / f".{self.path.name}.lock")
 
     def load(self, files: dict[str, Path]):
         """(meta, tokenizer state, {split: memmap}) if the entry is complete and current, else None.

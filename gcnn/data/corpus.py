@@ -38,9 +38,13 @@ def resolve_corpus(name_or_dir: str | os.PathLike, download: bool = False) -> Pa
     if name in KNOWN_CORPORA:  # a local directory of that name: pass it as ./wikitext-2
         path = data_root() / name
         if not path.is_dir() and download:
+            from gcnn.data.cache import file_lock
             from gcnn.data.download import download_corpus
 
-            path = download_corpus(name, root=data_root())
+            # Data-parallel ranks all prepare their data: the first downloads, the others wait
+            # here and then find the corpus in place.
+            with file_lock(data_root() / f".{name}.download.lock"):
+                path = download_corpus(name, root=data_root())
         if not path.is_dir():
             raise GcnnError(
                 f"corpus {name} not found at {path}; run `python -m gcnn.data download {name}` "

@@ -23,7 +23,7 @@ def _load(path: str, device: str):
     """(model, tokenizer, checkpoint), refusing a checkpoint whose parts disagree."""
     from gcnn.checkpoint import load_model
 
-    model, tokenizer, ckpt = load_model(path, device=device)
+    model, tokenizer, ckpt = load_model(path, device=device, inference=True)
     vocab = model.config_dict().get("vocab_size")
     if vocab != tokenizer.vocab_size:
         raise GcnnError(

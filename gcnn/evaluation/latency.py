@@ -17,6 +17,7 @@ clusters the targets need).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -38,6 +39,7 @@ WT103_VOCAB = 267_735
 WT2_VOCAB = 33_278
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass
@@ -224,8 +226,11 @@ def prepare_for_inference(model: nn.Module, dtype: torch.dtype, device: str) -> 
 
 
 def _synchronize(device: str) -> Callable[[], None]:
+    """Wait for the device being measured (the bare torch.cuda.synchronize waits for the
+    *current* device only, so timing cuda:1 would time kernel launches)."""
     if device.startswith("cuda"):
-        return torch.cuda.synchronize
+        index = torch.device(device)
+        return lambda: torch.cuda.synchronize(index)
     return lambda: None
 
 
@@ -280,14 +285,20 @@ def random_sentences(vocab_size: int, batch: int, length: int, seed: int) -> tor
     return ids.view(batch, length)
 
 
-def scoring_fn(model: nn.Module, sentences: torch.Tensor, eos_id: int = 0) -> Callable[[], object]:
+def scoring_fn(
+    model: nn.Module, sentences: torch.Tensor, eos_id: int = 0, device: str | None = None
+) -> Callable[[], object]:
     """Scoring calls: log-prob of every token of every sentence given a leading <eos>.
 
-    `sentences` is (calls, batch, length): each call scores the next batch in turn (cycling), so
-    repeats see different sentences (and different adaptive-softmax tails), like real traffic.
+    `sentences` is (calls, batch, length) on the host: each call scores the next batch in turn
+    (cycling), so repeats see different sentences (and different adaptive-softmax tails), like
+    real traffic. A call does what serving a sentence that arrives as ids takes: plan the softmax
+    on the host, copy ids and plan to `device` (default: the model's), score.
     """
     if sentences.dim() == 2:
         sentences = sentences[None]
+    sentences = sentences.cpu()
+    device = device or str(next(model.parameters()).device)
     inputs = torch.cat([torch.full_like(sentences[..., :1], eos_id), sentences[..., :-1]], dim=-1)
     turn = [0]
 
@@ -295,7 +306,9 @@ def scoring_fn(model: nn.Module, sentences: torch.Tensor, eos_id: int = 0) -> Ca
         i = turn[0] % len(sentences)
         turn[0] += 1
         with torch.inference_mode():
-            return model.token_log_probs(inputs[i], sentences[i])
+            plan = model.plan(sentences[i]).to(device)
+            x, y = inputs[i].to(device), sentences[i].to(device)
+            return model.token_log_probs(x, y, plan)
 
     return score
 
@@ -339,7 +352,7 @@ def measure(
         # a pool of different sentences, the same for every model (same vocabulary and seed)
         pool = max(1, min(config.repeats, 64 // batch))
         sentences = random_sentences(_vocab_size(model), pool * batch, n, config.seed)
-        return scoring_fn(model, sentences.view(pool, batch, n).to(dev))
+        return scoring_fn(model, sentences.view(pool, batch, n), device=dev)
 
     # throughput: each model at its best batch size of the grid (bigger calls: fewer repeats)
     log(f"throughput at batch sizes {', '.join(map(str, config.batch_sizes))}")
@@ -396,7 +409,7 @@ def measure(
                 latency_iqr_ms=(1e3 * single.q1, 1e3 * single.q3),
                 network_latency_ms=1e3 * network.median,
                 sentence_length=length,
-                precision=config.precision,
+                precision=DTYPE_NAMES[next(model.parameters()).dtype],
                 threads=torch.get_num_threads(),
                 device=dev,
                 latency_by_length=lengths,
@@ -436,11 +449,41 @@ def run_latency(
     models = []
     for spec in specs:
         name, model = load_for_latency(spec, vocab_size, config.device)
-        model = prepare_for_inference(model, PRECISIONS[config.precision], config.device)
+        dtype = inference_dtype(model, config.precision, config.device)
+        model = prepare_for_inference(model, dtype, config.device)
         size = f"{model.num_parameters() / 1e6:.1f}M parameters, vocabulary {_vocab_size(model):,}"
         log(f"{name}: {size}")
         models.append((name, model))
-    return measure(models, config, plot_lengths, log)
+    with strict_fp32(config.device):
+        return measure(models, config, plot_lengths, log)
+
+
+def inference_dtype(model: nn.Module, precision: str, device: str) -> torch.dtype:
+    """The dtype a model is timed in: the precision asked for, except an LSTM on CUDA in bf16.
+
+    cuDNN's fused LSTM has no bf16 kernel: a bf16 nn.LSTM on CUDA falls back to one small kernel
+    per time step, which is not the LSTM at its best. Its best reduced precision there is fp16
+    (safe for scoring: no gradients to underflow), so that is what it gets.
+    """
+    if precision == "bf16" and device.startswith("cuda") and getattr(model, "is_recurrent", False):
+        return torch.float16
+    return PRECISIONS[precision]
+
+
+@contextlib.contextmanager
+def strict_fp32(device: str):
+    """The same fp32 for every model: TF32 off for both matrix products and cuDNN (PyTorch's
+    defaults differ: cuDNN's LSTM may use TF32 while a GCNN's linear layers do not), restored
+    afterwards. No effect on CPU."""
+    if not device.startswith("cuda"):
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,8 +495,10 @@ def markdown_table(results: Sequence[LatencyResult]) -> str:
     if not results:
         return ""
     r0 = results[0]
+    precisions = ", ".join(dict.fromkeys(f"{r.model} {r.precision}" for r in results))
+    tf32 = " (TF32 off for every model)" if r0.device.startswith("cuda") else ""
     lines = [
-        f"Scoring {r0.sentence_length}-token sentences on {r0.device}, {r0.precision}, "
+        f"Scoring {r0.sentence_length}-token sentences on {r0.device}, {precisions}{tf32}, "
         f"{r0.threads} thread(s); median (interquartile range) over repeats after warm-up"
         + (f"; load average {r0.load_average:.1f}." if r0.load_average is not None else "."),
         "",

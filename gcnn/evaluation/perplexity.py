@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gcnn.data import IGNORE_INDEX, BlockBatcher, StreamBatcher
+from gcnn.data import BlockBatcher, StreamBatcher
 from gcnn.errors import GcnnError
 
 # More unknown words than this (fraction of the split's words) means the data does not match the
@@ -128,24 +128,29 @@ def corpus_nll(
 ) -> tuple[float, int]:
     """(total NLL in nats, number of scored tokens) over the token stream, exactly."""
     model.eval()
-    # (NLL, count) summed on the device in float64: no host sync until the end
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    # the NLL is summed on the device in float64 (no host sync until the end); which targets
+    # count, and which softmax clusters they need, is known on the host from each batch
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     if model.is_recurrent:
         # batch of one stream: the state runs from the first token to the last
         state = None
         for inputs, targets in StreamBatcher(tokens, eos_id, block_size, 1).epoch(0):
+            plan = model.plan(targets)
             inputs, targets = inputs.to(device), targets.to(device)
-            loss, n, state = model.loss(inputs, targets, state)
-            sums += torch.stack([loss.double(), n.double()])
+            loss, _, state = model.loss(inputs, targets, state, plan.to(device))
+            total += loss.double()
+            count += plan.count
     else:
         context = max(0, int(model.receptive_field) - 1)
         batcher = BlockBatcher(tokens, eos_id, block_size, batch_size, context=context)
         for inputs, targets in batcher.epoch(0):
+            plan = model.plan(targets)
             inputs, targets = inputs.to(device), targets.to(device)
-            log_probs = model.token_log_probs(inputs, targets)
-            mask = targets != IGNORE_INDEX
-            sums += torch.stack([-log_probs.double()[mask].sum(), mask.sum().double()])
-    nll, count = sums[0].item(), int(sums[1].item())
+            # ignored targets score 0: summing everything sums the scored ones
+            total -= model.token_log_probs(inputs, targets, plan.to(device)).double().sum()
+            count += plan.count
+    nll = total.item()
     if count != len(tokens):  # a batcher that skips or repeats targets is a bug
         raise RuntimeError(f"scored {count} targets, expected {len(tokens)}")
     return nll, count

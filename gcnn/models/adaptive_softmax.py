@@ -18,12 +18,56 @@ normalisation); with no cutoffs this is a plain full softmax.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gcnn.data import IGNORE_INDEX
 from gcnn.errors import GcnnError
+
+
+@dataclass
+class SoftmaxPlan:
+    """The data-dependent part of scoring targets, decided on the host before the forward pass.
+
+    Which targets are scored and which tail cluster each one needs are known as soon as the batch
+    is built, on the CPU. Working them out there means the forward pass needs no `nonzero()` or
+    range check on the device, each of which would stall a GPU until everything before it has
+    finished. `rows[i]` indexes the scored targets of cluster i, `words[i]` their ids within it.
+    """
+
+    shape: tuple[int, ...]  # the targets' shape
+    keep: torch.Tensor  # flat indices of the scored targets (!= IGNORE_INDEX)
+    head_target: torch.Tensor  # per scored target: its head class (word or cluster logit)
+    rows: list[torch.Tensor]
+    words: list[torch.Tensor]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def count(self) -> int:
+        return int(self.keep.numel())
+
+    def _map(self, fn) -> SoftmaxPlan:
+        return SoftmaxPlan(
+            self.shape,
+            fn(self.keep),
+            fn(self.head_target),
+            [fn(r) for r in self.rows],
+            [fn(w) for w in self.words],
+        )
+
+    def to(self, device, non_blocking: bool = False) -> SoftmaxPlan:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> SoftmaxPlan:
+        return self._map(lambda t: t.pin_memory())
 
 
 class AdaptiveSoftmax(nn.Module):
@@ -82,44 +126,62 @@ class AdaptiveSoftmax(nn.Module):
             parts.append(cluster + self._log_softmax(tail(hidden)))
         return torch.cat(parts, dim=-1)
 
-    def target_log_prob(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log p(targets) in fp32, shaped like targets; 0 where targets == IGNORE_INDEX.
+    def plan(self, targets) -> SoftmaxPlan:
+        """Which rows each cluster needs for `targets`, worked out on the host (see SoftmaxPlan).
 
-        hidden (..., d), targets (...). Each tail runs only on the rows whose targets it holds,
-        so a batch may leave a tail unused (data-parallel training must allow unused parameters).
+        `targets` may be a tensor or a numpy array; a device tensor is copied to the host first
+        (one synchronisation), so callers that build batches on the host should plan there.
         """
-        shape = targets.shape
-        hidden = hidden.reshape(-1, hidden.size(-1))
-        targets = targets.reshape(-1)
-        if hidden.size(0) != targets.size(0):
-            raise ValueError(f"hidden has {hidden.size(0)} rows but targets {targets.size(0)}")
-        keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
-        h, t = hidden.index_select(0, keep), targets.index_select(0, keep)
-        if t.numel() and (t.min() < 0 or t.max() >= self.vocab_size):
-            bad = t[(t < 0) | (t >= self.vocab_size)][0].item()
-            raise ValueError(f"target id {bad} is outside the vocabulary [0, {self.vocab_size})")
-
+        if isinstance(targets, torch.Tensor):
+            targets = targets.detach().cpu().numpy()
+        shape = tuple(targets.shape)
+        t_all = np.asarray(targets, dtype=np.int64).reshape(-1)
+        keep = np.flatnonzero(t_all != IGNORE_INDEX)
+        t = t_all[keep]
+        bad = (t < 0) | (t >= self.vocab_size)
+        if bad.any():
+            raise ValueError(
+                f"target id {int(t[bad][0])} is outside the vocabulary [0, {self.vocab_size})"
+            )
         # Head: a head word scores itself, a tail word scores its cluster's logit.
-        head_target = t.clone()
-        members = []
+        head_target = t.copy()
+        rows, words = [], []
         for i in range(self.n_clusters):
             lo, hi = self.bounds[i], self.bounds[i + 1]
-            rows = ((t >= lo) & (t < hi)).nonzero().squeeze(1)
-            head_target[rows] = self.shortlist + i
-            members.append(rows)
-        head = self._log_softmax(self.head(h))
-        out = head.gather(1, head_target.unsqueeze(1)).squeeze(1)
+            members = np.flatnonzero((t >= lo) & (t < hi))
+            head_target[members] = self.shortlist + i
+            rows.append(torch.from_numpy(members))
+            words.append(torch.from_numpy(t[members] - lo))
+        return SoftmaxPlan(
+            shape, torch.from_numpy(keep), torch.from_numpy(head_target), rows, words
+        )
 
-        for i, rows in enumerate(members):
-            if rows.numel() == 0:
+    def target_log_prob(
+        self, hidden: torch.Tensor, targets=None, plan: SoftmaxPlan | None = None
+    ) -> torch.Tensor:
+        """log p(targets) in fp32, shaped like targets; 0 where targets == IGNORE_INDEX.
+
+        hidden (..., d), targets (...), or instead of targets their `plan` (already on hidden's
+        device: then nothing here waits for the device). Each tail runs only on the rows whose
+        targets it holds, so a batch may leave a tail unused (data-parallel training must allow
+        unused parameters).
+        """
+        if plan is None:
+            plan = self.plan(targets).to(hidden.device)
+        hidden = hidden.reshape(-1, hidden.size(-1))
+        if hidden.size(0) != plan.numel:
+            raise ValueError(f"hidden has {hidden.size(0)} rows but targets {plan.numel}")
+        h = hidden.index_select(0, plan.keep)
+        head = self._log_softmax(self.head(h))
+        out = head.gather(1, plan.head_target.unsqueeze(1)).squeeze(1)
+        for i, (rows, words) in enumerate(zip(plan.rows, plan.words, strict=True)):
+            if rows.numel() == 0:  # known on the host: no device sync
                 continue
             tail = self._log_softmax(self.tails[i](h.index_select(0, rows)))
-            word = (t.index_select(0, rows) - self.bounds[i]).unsqueeze(1)
-            out = out.index_add(0, rows, tail.gather(1, word).squeeze(1))
-
-        result = torch.zeros(targets.size(0), dtype=out.dtype, device=out.device)
-        result = result.index_copy(0, keep, out)
-        return result.view(shape)
+            out = out.index_add(0, rows, tail.gather(1, words.unsqueeze(1)).squeeze(1))
+        result = torch.zeros(plan.numel, dtype=out.dtype, device=out.device)
+        result = result.index_copy(0, plan.keep, out)
+        return result.view(plan.shape)
 
     def flops_per_token(self, full: bool = True) -> int:
         """Multiply-adds x 2 for one token: the head, plus every tail when `full` (log_prob)."""

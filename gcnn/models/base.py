@@ -47,21 +47,27 @@ class LanguageModel(nn.Module):
     def detach_state(self, state):
         raise NotImplementedError
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, state=None):
+    def plan(self, targets):
+        """The adaptive-softmax plan of `targets`, made on the host (see SoftmaxPlan)."""
+        return self.softmax.plan(targets)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, state=None, plan=None):
         """(summed NLL in fp32 over targets != IGNORE_INDEX, number of such targets, new state).
 
         Sum rather than mean so that gradient accumulation and data-parallel ranks can divide by
-        the global token count. Adaptive-softmax tails run only for the targets that need them.
+        the global token count. Adaptive-softmax tails run only for the targets that need them;
+        `plan` (`self.softmax.plan(targets)`, made on the host and moved to the device) saves
+        the forward pass from working that out on the device.
         """
         hidden, state = self(inputs, state)
-        log_probs = self.softmax.target_log_prob(hidden, targets)
+        log_probs = self.softmax.target_log_prob(hidden, targets, plan)
         count = (targets != IGNORE_INDEX).sum()
         return -log_probs.sum(), count, state
 
-    def token_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def token_log_probs(self, inputs: torch.Tensor, targets: torch.Tensor, plan=None):
         """(B, T) log p(targets[:, t] | inputs[:, :t+1]) in fp32; 0 where IGNORE_INDEX."""
         hidden, _ = self(inputs)
-        return self.softmax.target_log_prob(hidden, targets)
+        return self.softmax.target_log_prob(hidden, targets, plan)
 
     def next_token_log_probs(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, T, V) fp32: the full next-word distribution after every prefix inputs[:, :t+1]."""

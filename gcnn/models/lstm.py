@@ -52,9 +52,25 @@ class LSTMLM(LanguageModel):
         return self.config.num_layers
 
     def forward(self, inputs: torch.Tensor, state=None):
-        """inputs (B, T) ids, state (h, c) or None (zeros) -> (hidden (B, T, D), new (h, c))."""
+        """inputs (B, T) ids, state (h, c) or None (zeros) -> (hidden (B, T, D), new (h, c)).
+
+        The returned state is always in the weights' dtype, whatever autocast did inside, so a
+        state carried across batches (and saved in a checkpoint) does not depend on precision.
+        """
         x = self.dropout(self.embed(inputs))
-        x, state = self.lstm(x, state)
+        dtype = self.lstm.weight_hh_l0.dtype
+        if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+            # cuDNN's RNN autocast wrapper casts input, state and weights to fp16 whatever dtype
+            # autocast was asked for, and nothing scales the loss: most LSTM gradients would
+            # underflow. Run the recurrence in the weights' own precision instead.
+            with torch.autocast("cuda", enabled=False):
+                if state is not None:
+                    state = tuple(s.to(dtype) for s in state)
+                x, state = self.lstm(x.to(dtype), state)
+        else:
+            # CPU autocast runs oneDNN's bf16 LSTM (bf16 has fp32's range: no underflow).
+            x, state = self.lstm(x, state)
+        state = tuple(s.to(dtype) for s in state)
         x = self.dropout(x)
         if self.fc_out is not None:
             x = self.fc_out(x)

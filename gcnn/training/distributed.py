@@ -38,17 +38,29 @@ class Dist:
             dist.barrier()
 
 
+def env_dist() -> Dist:
+    """The ranks as torchrun announces them (RANK / WORLD_SIZE / LOCAL_RANK); no group yet."""
+    return Dist(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def run_device(config: TrainConfig, d: Dist) -> torch.device:
+    """The device this process trains on (checked without touching any process group)."""
+    return resolve_device(config.device, d.local_rank if d.enabled else None)
+
+
 def init_distributed(config: TrainConfig) -> tuple[Dist, torch.device]:
-    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(config.device, local_rank if world_size > 1 else None)
-    if world_size > 1 and not dist.is_initialized():
+    """Create the process group (torchrun also sets MASTER_ADDR / MASTER_PORT)."""
+    d = env_dist()
+    device = run_device(config, d)
+    if d.enabled and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, local_rank), device
+    return d, device
 
 
 def resolve_device(name: str, local_rank: int | None) -> torch.device:
@@ -57,7 +69,12 @@ def resolve_device(name: str, local_rank: int | None) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise GcnnError(f"--device {name}: CUDA is not available here; use --device cpu")
-        if name == "cuda" and local_rank is not None:
+        if local_rank is not None:  # several processes: each takes the GPU of its local rank
+            if name != "cuda":
+                raise GcnnError(
+                    f"--device {name}: with several processes every rank would use that one GPU;"
+                    " pass --device cuda (or auto) and each rank takes its LOCAL_RANK's GPU"
+                )
             name = f"cuda:{local_rank}"
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
@@ -66,17 +83,25 @@ def resolve_device(name: str, local_rank: int | None) -> torch.device:
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:
-    """ "auto" means bf16 autocast where the hardware computes in bf16 natively (CUDA with bf16,
-    CPUs with AVX512-BF16 or AMX: several times faster there), fp32 elsewhere."""
+    """ "auto" means bf16 autocast where the device computes in bf16 natively (CUDA from
+    compute capability 8.0, Ampere; CPUs with AVX512-BF16 or AMX), fp32 elsewhere."""
     if config.precision != "auto":
         return config.precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cuda_native_bf16(device) else "fp32"
     try:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         native = False
     return "bf16" if native else "fp32"
+
+
+def cuda_native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware on *this* device. torch.cuda.is_bf16_supported() also says yes for
+    emulated bf16 (pre-Ampere GPUs, much slower than fp32) and looks at the current device,
+    which need not be the run's."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
 
 
 # --- state that must survive a restart ---------------------------------------------------------

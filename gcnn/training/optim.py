@@ -63,9 +63,32 @@ class LRSchedule:
         self.best_loss = float(state["best_loss"])
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: decay the matrices (embeddings, weight-norm directions, plain
+    weights), not the biases and not the weight-norm gains g.
+
+    Under weight normalisation w = g·v/‖v‖ the direction v is scale-free, so decaying it only
+    changes its effective step size; decaying g would shrink every layer's actual weights
+    towards zero, a pull the paper's reparametrisation exists to avoid. A gain is shaped
+    (out, 1, 1) or (out, 1), so "dim >= 2" alone would wrongly decay it: it is found by name.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_gain = name.endswith("parametrizations.weight.original0")
+        (no_decay if is_gain or param.dim() < 2 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device | None = None
+) -> torch.optim.Optimizer:
     if config.optimizer == "nag":
+        params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.SGD(
             params,
             lr=config.lr,
@@ -73,11 +96,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
             nesterov=True,
             weight_decay=config.weight_decay,
         )
-    # AdamW: decay matrices (embeddings, convolution directions) but not biases and gains.
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
+    # fused: one kernel for the whole update on CUDA instead of a few per parameter tensor
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(
+        decay_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+        fused=fused or None,
+    )

@@ -33,12 +33,15 @@ from gcnn.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from gcnn.data import IGNORE_INDEX, atomic_write
+from gcnn.data import atomic_write
 from gcnn.errors import GcnnError
+from gcnn.models.adaptive_softmax import SoftmaxPlan
 from gcnn.training.config import DATASETS, TrainConfig, to_toml
 from gcnn.training.distributed import (
+    env_dist,
     init_distributed,
     resolve_precision,
+    run_device,
     state_from_plain,
     state_to_plain,
 )
@@ -105,8 +108,27 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inputs, targets, state=None):
-        return self.model.loss(inputs, targets, state)
+    def forward(self, inputs, targets, state=None, plan=None):
+        return self.model.loss(inputs, targets, state, plan)
+
+
+@dataclasses.dataclass
+class MicroBatch:
+    """One micro-batch as built on the host: ids, targets and their adaptive-softmax plan."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    plan: SoftmaxPlan
+
+    def pin_memory(self) -> MicroBatch:
+        return MicroBatch(
+            self.inputs.pin_memory(), self.targets.pin_memory(), self.plan.pin_memory()
+        )
+
+    def to(self, device) -> MicroBatch:
+        """Asynchronous from pinned memory: the host goes on while the copy runs."""
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return MicroBatch(move(self.inputs), move(self.targets), self.plan.to(device, True))
 
 
 @dataclasses.dataclass
@@ -126,13 +148,8 @@ class Progress:
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume_ckpt: dict | None = None):
-        self.dist, self.device = init_distributed(config)
-        config = dataclasses.replace(config, precision=resolve_precision(config, self.device))
-        self.out = Path(resolve(config).out)
-        self.last_path = self.out / "checkpoint_last.pt"
-        self.best_path = self.out / "checkpoint_best.pt"
-        main = self.dist.is_main
-
+        run_device(config, env_dist())  # a bad --device fails now, not after the data
+        main = env_dist().is_main
         if config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
@@ -143,11 +160,12 @@ class Trainer:
         if config.compile and not hasattr(torch, "compile"):
             raise GcnnError("--compile needs torch >= 2.0")
 
-        # Data: rank 0 builds the token cache first so ranks do not race to write it.
+        # Data first, on every rank, before any process group exists: downloading or tokenizing
+        # can take longer than a collective's timeout, so no rank may wait in a barrier
+        # meanwhile. File locks make the first rank on a machine do the work and the others
+        # wait for it, then read its cache (and a node without a shared cache builds its own).
         from gcnn.data import prepare_corpus
 
-        if not main:
-            self.dist.barrier()
         self.corpus = prepare_corpus(
             config.data,
             tokenizer=config.tokenizer,
@@ -156,8 +174,11 @@ class Trainer:
             progress=main and config.progress,
             download=True,  # a named corpus (wikitext-2/103) missing locally is fetched once
         )
-        if main:
-            self.dist.barrier()
+        self.dist, self.device = init_distributed(config)
+        config = dataclasses.replace(config, precision=resolve_precision(config, self.device))
+        self.out = Path(resolve(config).out)
+        self.last_path = self.out / "checkpoint_last.pt"
+        self.best_path = self.out / "checkpoint_best.pt"
         if "train" not in self.corpus.splits or "valid" not in self.corpus.splits:
             raise GcnnError(f"corpus {self.corpus.directory} needs a train and a valid split")
         self.tokenizer = self.corpus.tokenizer
@@ -195,7 +216,7 @@ class Trainer:
             )
 
         # Optimisation.
-        self.optimizer = make_optimizer(self.model, config)
+        self.optimizer = make_optimizer(self.model, config, self.device)
         horizon = None
         if config.max_updates is not None:
             horizon = config.max_updates
@@ -209,6 +230,9 @@ class Trainer:
         self.progress = Progress()
         self.train_state = None  # the LSTM's carried state
         self.saved_step = -1
+        self.prefetched = None  # ((epoch, first batch), batches) of the next update
+        self.over_time = False
+        self.session_t0 = time.perf_counter()
 
         # The step the loss is taken through: DDP (unused adaptive-softmax tails allowed), compile.
         if config.compile:
@@ -277,7 +301,13 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise GcnnError(
+                f"{self.last_path}: its optimizer state does not fit this run's optimizer "
+                f"({err}); resume with the same --optimizer and gcnn version, or start a new --out"
+            ) from None
         self.schedule.load_state_dict(ckpt["scheduler"])
         known = {f.name for f in dataclasses.fields(Progress)}
         self.progress = Progress(**{k: v for k, v in ckpt["metrics"].items() if k in known})
@@ -358,49 +388,90 @@ class Trainer:
         state = None
         if self.model.is_recurrent:
             state = self.model.init_state(self.rows, self.device)
-        for inputs, targets in self.valid_batches.epoch(0):
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
+        for index in range(len(self.valid_batches)):
+            batch = self.host_batch(self.valid_batches, 0, index).to(self.device)
             with self.autocast():
-                loss_sum, n, state = self.model.loss(inputs, targets, state)
+                loss_sum, n, state = self.model.loss(batch.inputs, batch.targets, state, batch.plan)
             sums += torch.stack([loss_sum.double(), n.double()])  # no host sync per batch
         self.model.train()
-        total, count = self.dist.all_sum(sums, self.device)
+        total, count = self.dist.all_sum(sums, self.device)  # the one host sync
         return total / max(count, 1.0)
 
     # -- one update ------------------------------------------------------------------------------
 
-    def next_micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def host_batch(self, batcher, epoch: int, index: int) -> MicroBatch:
+        """Batch `index` of `epoch`, built on the host with its softmax plan (pinned for CUDA)."""
+        inputs, targets = batcher.batch(epoch, index)
+        batch = MicroBatch(inputs, targets, self.model.plan(targets))
+        return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    def next_position(self) -> tuple[int, int]:
+        """(epoch, first micro-batch) of the next update; an epoch's ragged tail is dropped."""
+        c, p = self.config, self.progress
+        if p.batch + c.grad_accum > len(self.train_batches):
+            return p.epoch + 1, 0
+        return p.epoch, p.batch
+
+    def prefetch(self) -> None:
+        """Build the next update's batches on the host while the device is still busy with this
+        one (CUDA runs asynchronously until the update's single sync)."""
+        epoch, first = self.next_position()
+        batches = [
+            self.host_batch(self.train_batches, epoch, first + i)
+            for i in range(self.config.grad_accum)
+        ]
+        self.prefetched = ((epoch, first), batches)
+
+    def next_micro_batches(self) -> list[MicroBatch]:
         """The grad_accum micro-batches of the next update, moving to a new epoch when needed."""
         c, p = self.config, self.progress
-        if p.batch + c.grad_accum > len(self.train_batches):  # drop an epoch's ragged tail
-            p.epoch, p.batch = p.epoch + 1, 0
-            self.train_state = None
-        batches = [self.train_batches.batch(p.epoch, p.batch + i) for i in range(c.grad_accum)]
+        epoch, first = self.next_position()
+        if epoch != p.epoch:
+            p.epoch, p.batch = epoch, 0
+            self.train_state = None  # the LSTM's streams restart with the epoch
+        if self.prefetched is not None and self.prefetched[0] == (epoch, first):
+            batches = self.prefetched[1]
+        else:
+            batches = [
+                self.host_batch(self.train_batches, epoch, first + i) for i in range(c.grad_accum)
+            ]
+        self.prefetched = None
         p.batch += c.grad_accum
         return batches
 
     def update(self, stopper: SignalStopper) -> tuple[float, float, bool, bool]:
-        """One optimizer update; returns (global loss sum, global count, skipped, stop)."""
-        c = self.config
+        """One optimizer update; returns (global loss sum, global count, skipped, stop).
+
+        Everything the host must decide (which rows each softmax cluster needs, the global
+        number of targets) is known from the batches before they reach the device, so the only
+        device-to-host synchronisation of an update is the final `all_sum`: the loss, whether it
+        was finite, and whether to stop, on all ranks at once.
+        """
+        c, p = self.config, self.progress
+        epoch, first = self.next_position()
+        # Every rank can count every rank's targets from the deal: no collective needed.
+        global_count = sum(
+            self.train_batches.global_batch_targets(epoch, first + i) for i in range(c.grad_accum)
+        )
         micro = self.next_micro_batches()
-        local_count = sum(int((t != IGNORE_INDEX).sum()) for _, t in micro)
-        (global_count,) = self.dist.all_sum([local_count], self.device)
         # DDP averages gradients over ranks; scale so the result is sum / GLOBAL count.
-        scale = self.dist.world_size / max(global_count, 1.0)
+        scale = self.dist.world_size / max(global_count, 1)
         # Accumulated on the device: one host-device sync per update (below), not one per batch.
         loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
-        lr = self.schedule.lr(self.step, self.progress.wall_s)
+        lr = self.schedule.lr(self.step, p.wall_s)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for i, (inputs, targets) in enumerate(micro):
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
+        for i, host in enumerate(micro):
+            batch = host.to(self.device)
             last = i == len(micro) - 1
             sync = contextlib.nullcontext()
             if self.dist.enabled and not last:
                 sync = self.loss_module.no_sync()
             with sync:
                 with self.autocast():
-                    loss_sum, _, state = self.loss_module(inputs, targets, self.train_state)
+                    loss_sum, _, state = self.loss_module(
+                        batch.inputs, batch.targets, self.train_state, batch.plan
+                    )
                 (loss_sum * scale).backward()
             if self.model.is_recurrent:
                 self.train_state = self.model.detach_state(state)
@@ -410,20 +481,28 @@ class Trainer:
         grad_norm = torch.zeros((), device=self.device)
         if params:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if self.device.type != "cpu":
+            self.prefetch()  # host work that overlaps the device's
         local_bad = ~(torch.isfinite(loss_total) & torch.isfinite(grad_norm))
-        requested = torch.tensor(float(stopper.requested), dtype=torch.float64, device=self.device)
-        loss_sum_g, bad, stop = self.dist.all_sum(
-            # a signal that arrived during this update stops the run right after it
-            torch.stack([loss_total.where(~local_bad, 0.0), local_bad.double(), requested]),
-            self.device,
+        # a signal that arrived during this update, or the clock, stops the run right after it
+        requested = float(stopper.requested)
+        elapsed = time.perf_counter() - self.session_t0
+        over_time = float(self.max_seconds is not None and elapsed >= self.max_seconds)
+        # torch.full launches a fill on the device; torch.tensor(...).to(device) would be a
+        # blocking host-to-device copy
+        flag = lambda v: torch.full((), v, dtype=torch.float64, device=self.device)  # noqa: E731
+        values = [loss_total.where(~local_bad, 0.0), local_bad.double(), flag(requested)]
+        loss_sum_g, bad, stop, over = self.dist.all_sum(  # the one host sync of the update
+            torch.stack([*values, flag(over_time)]), self.device
         )
+        self.over_time = over > 0  # any rank's clock decides, all ranks stop after this update
         skipped = bad > 0
         if skipped:  # a NaN/inf anywhere: no rank steps, the weights stay as they were
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.progress.step += 1
+            p.step += 1
         return loss_sum_g, global_count, skipped, stop > 0
 
     # -- the loop --------------------------------------------------------------------------------
@@ -445,7 +524,7 @@ class Trainer:
         stopper = SignalStopper()
         exit_code, reason = 0, "done"
         interval = {"loss": 0.0, "count": 0.0, "t0": time.perf_counter(), "updates": 0}
-        session_t0 = time.perf_counter() - p.wall_s
+        session_t0 = self.session_t0 = time.perf_counter() - p.wall_s
         self.session_start = (p.step, p.wall_s)
         self.model.train()
         with stopper:
@@ -532,11 +611,8 @@ class Trainer:
         epoch_done = p.batch + c.grad_accum > len(self.train_batches)
         if c.max_epochs is not None and (p.epoch + epoch_done) >= c.max_epochs:
             return f"reached --max-epochs {c.max_epochs}"
-        if self.max_seconds is not None:
-            # any rank's clock may decide, but all ranks stop after the same update
-            (over,) = self.dist.all_sum([float(p.wall_s >= self.max_seconds)], self.device)
-            if over > 0:
-                return f"reached --max-minutes {c.max_minutes:g}"
+        if self.over_time:  # agreed by all ranks in the last update's all_sum
+            return f"reached --max-minutes {c.max_minutes:g}"
         if self.schedule.exhausted():
             return f"learning rate fell below --min-lr {c.min_lr:g}"
         return ""
