@@ -138,24 +138,25 @@ class BlockBatcher:
         alone (the deal is a function of the seed and epoch), so no collective is needed."""
         return sum(self.num_batch_targets(epoch, index, r) for r in range(self.world_size))
 
-    def make_row(self, block: int, inputs: np.ndarray, targets: np.ndarray) -> None:
-        """Fill one (already eos/IGNORE-filled) row with block `block`."""
-        if block < 0:
-            return
-        start = block * self.block_size
-        end = min(start + self.block_size, self.num_targets)
-        window = max(0, start - self.context)
-        n = end - window
-        inputs[:n] = _stream_inputs(self.tokens, self.eos_id, window, end)
-        targets[start - window : n] = self.tokens[start:end]
-
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (rows, context + block_size) int64; see the class docstring.
+
+        One gather from the stream for the whole batch (no per-row Python work): row r covers
+        stream positions window_r .. window_r + width; a position is fed if it is before the
+        block's end, and scored if it is also at or after the block's start.
+        """
         blocks = self.batch_blocks(epoch, index)
-        inputs = np.full((len(blocks), self.width), self.eos_id, dtype=np.int64)
-        targets = np.full((len(blocks), self.width), IGNORE_INDEX, dtype=np.int64)
-        for row, block in enumerate(blocks):
-            self.make_row(int(block), inputs[row], targets[row])
-        return torch.from_numpy(inputs), torch.from_numpy(targets)
+        starts = blocks * self.block_size
+        ends = np.where(blocks >= 0, np.minimum(starts + self.block_size, self.num_targets), 0)
+        windows = np.maximum(0, starts - self.context)
+        pos = windows[:, None] + np.arange(self.width)[None, :]
+        fed = pos < ends[:, None]
+        scored = fed & (pos >= starts[:, None])
+        last = self.num_targets - 1
+        # input aligned with target j is x[j] = tokens[j - 1] (eos for j = 0)
+        inputs = np.where(fed & (pos > 0), self.tokens[np.clip(pos - 1, 0, last)], self.eos_id)
+        targets = np.where(scored, self.tokens[np.clip(pos, 0, last)], IGNORE_INDEX)
+        return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64))
 
     def epoch(
         self, epoch: int, start_batch: int = 0

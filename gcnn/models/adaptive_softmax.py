@@ -143,15 +143,15 @@ class AdaptiveSoftmax(nn.Module):
             raise ValueError(
                 f"target id {int(t[bad][0])} is outside the vocabulary [0, {self.vocab_size})"
             )
-        # Head: a head word scores itself, a tail word scores its cluster's logit.
-        head_target = t.copy()
+        # cluster 0 is the head, cluster i + 1 tail i (vectorised: this runs once per batch)
+        cluster = np.searchsorted(np.asarray(self.cutoffs, dtype=np.int64), t, side="right")
+        # a head word scores itself, a tail word its cluster's logit
+        head_target = np.where(cluster == 0, t, self.shortlist + cluster - 1)
         rows, words = [], []
         for i in range(self.n_clusters):
-            lo, hi = self.bounds[i], self.bounds[i + 1]
-            members = np.flatnonzero((t >= lo) & (t < hi))
-            head_target[members] = self.shortlist + i
+            members = np.flatnonzero(cluster == i + 1)
             rows.append(torch.from_numpy(members))
-            words.append(torch.from_numpy(t[members] - lo))
+            words.append(torch.from_numpy(t[members] - self.bounds[i]))
         return SoftmaxPlan(
             shape, torch.from_numpy(keep), torch.from_numpy(head_target), rows, words
         )
