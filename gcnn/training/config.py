@@ -57,7 +57,7 @@ class TrainConfig:
     max_updates: int | None = None
     max_minutes: float | None = None
     # devices and speed
-    precision: str = "auto"  # "auto": bf16 where the hardware has it (CUDA, AVX512-BF16/AMX)
+    precision: str = "auto"  # "auto": the faster of fp32/bf16 here, measured (gcnn.precision)
     compile: bool = False
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     seed: int = 1

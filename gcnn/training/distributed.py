@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from gcnn.errors import GcnnError
+from gcnn.precision import cpu_has_bf16, cuda_native_bf16
 from gcnn.training.config import TrainConfig
 
 
@@ -83,25 +84,14 @@ def resolve_device(name: str, local_rank: int | None) -> torch.device:
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:
-    """ "auto" means bf16 autocast where the device computes in bf16 natively (CUDA from
-    compute capability 8.0, Ampere; CPUs with AVX512-BF16 or AMX), fp32 elsewhere."""
+    """What "auto" means before the model exists: bf16 on a GPU with native bf16, fp32 where
+    there is no bf16 path at all, and "auto" still where only a measurement can tell (a CPU
+    with bf16 instructions: the trainer times both on the model, see gcnn.precision)."""
     if config.precision != "auto":
         return config.precision
     if device.type == "cuda":
         return "bf16" if cuda_native_bf16(device) else "fp32"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"
-
-
-def cuda_native_bf16(device: torch.device) -> bool:
-    """bf16 in hardware on *this* device. torch.cuda.is_bf16_supported() also says yes for
-    emulated bf16 (pre-Ampere GPUs, much slower than fp32) and looks at the current device,
-    which need not be the run's."""
-    major, _ = torch.cuda.get_device_capability(device)
-    return major >= 8
+    return "auto" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
 # --- state that must survive a restart ---------------------------------------------------------

@@ -208,6 +208,8 @@ class Trainer:
         if config.valid_tokens is not None:
             valid = valid[: config.valid_tokens]
         self.valid_batches = self.make_batcher(valid, shuffle=False)
+        if config.precision == "auto":  # a CPU with bf16 instructions: time both on this model
+            self.config = config = dataclasses.replace(config, precision=self.measure_precision())
         self.updates_per_epoch = len(self.train_batches) // config.grad_accum
         if self.updates_per_epoch < 1:
             raise GcnnError(
@@ -263,6 +265,20 @@ class Trainer:
         return BlockBatcher(
             tokens, eos, c.block_size, self.rows, c.context, shuffle, c.seed, d.rank, d.world_size
         )
+
+    def measure_precision(self) -> str:
+        """fp32 or bf16, whichever runs this model's training step faster here (rank 0 times
+        it, every rank follows: ranks must agree on the numerics)."""
+        from gcnn.precision import choose_precision
+
+        choice = ["fp32"]
+        if self.dist.is_main:
+            batch = self.host_batch(self.train_batches, 0, 0)
+            inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+            choice = [choose_precision(self.model, inputs, targets, "train", self.log_line)]
+        if self.dist.enabled:
+            dist.broadcast_object_list(choice, src=0)
+        return choice[0]
 
     def check_run_dir(self, resume_ckpt: dict | None) -> None:
         """Refuse to overwrite another run; refuse to resume a checkpoint of another model."""
