@@ -39,7 +39,13 @@ GOOD_MD5 = hashlib.md5(GOOD).hexdigest()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    ranges: list[str | None] = []  # the Range header of every request to /flaky, /ranged
+
     def do_GET(self):
+        if self.path in ("/flaky.zip", "/ranged.zip"):  # both honour Range
+            Handler.ranges.append(self.headers.get("Range"))
+            self.send_ranged(die=self.path == "/flaky.zip")
+            return
         if self.path == "/wikitext-2-v1.zip":
             body, length = GOOD, len(GOOD)
         elif self.path == "/other.zip":
@@ -57,6 +63,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(length))
         self.end_headers()
         self.wfile.write(body)
+        self.close_connection = True
+
+    def send_ranged(self, die: bool):
+        start = int(self.headers.get("Range", "bytes=0-")[len("bytes=") :].rstrip("-"))
+        if start >= len(GOOD):
+            self.send_error(416)
+            return
+        if start == 0:  # flaky: promise everything, send half, hang up
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(GOOD)))
+            self.end_headers()
+            self.wfile.write(GOOD[: len(GOOD) // 2] if die else GOOD)
+        else:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(GOOD) - 1}/{len(GOOD)}")
+            self.send_header("Content-Length", str(len(GOOD) - start))
+            self.end_headers()
+            self.wfile.write(GOOD[start:])
         self.close_connection = True
 
     def log_message(self, *args):  # keep pytest output clean
@@ -121,11 +145,46 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     assert_nothing_left(root)
 
 
-def test_server_dying_mid_transfer_leaves_nothing(server, tmp_path):
+def test_server_dying_mid_transfer_keeps_only_a_part_file(server, tmp_path):
     root = tmp_path / "data"
-    with pytest.raises(GcnnError, match="dies.zip: transfer cut short"):
+    with pytest.raises(GcnnError, match="dies.zip: transfer cut short") as info:
         get(root, f"{server}/dies.zip")
-    assert_nothing_left(root)
+    part = root / "wikitext-2-v1.zip.part"
+    assert f"kept in {part}, a re-run continues" in str(info.value)
+    # nothing extracted, no archive: only the unverified .part, which holds what arrived
+    assert sorted(p.name for p in root.iterdir()) == [part.name]
+    assert part.read_bytes() == GOOD[: len(GOOD) // 2]
+
+
+def test_a_rerun_resumes_a_cut_transfer_with_range(server, tmp_path):
+    root = tmp_path / "data"
+    Handler.ranges.clear()
+    with pytest.raises(GcnnError, match="transfer cut short"):
+        get(root, f"{server}/flaky.zip")
+    path = get(root, f"{server}/flaky.zip")  # the re-run asks for the missing half only
+    assert Handler.ranges == [None, f"bytes={len(GOOD) // 2}-"]
+    for split, text in SPLITS_TEXT.items():
+        assert (path / f"wiki.{split}.tokens").read_text() == text
+    assert sorted(p.name for p in root.iterdir()) == ["wikitext-2"]
+
+
+def test_a_leftover_part_file_is_not_trusted(server, tmp_path):
+    """A .part of something else: continued with Range, its MD5 fails, so it is fetched again
+    from zero; a server without Range support just sends the whole file again."""
+    Handler.ranges.clear()
+    for url in (f"{server}/ranged.zip", f"{server}/wikitext-2-v1.zip"):
+        root = tmp_path / url.rsplit("/", 1)[1]
+        root.mkdir()
+        (root / "wikitext-2-v1.zip.part").write_bytes(b"garbage from another download")
+        path = get(root, url)
+        assert (path / "wiki.test.tokens").read_text() == SPLITS_TEXT["test"]
+        assert sorted(p.name for p in root.iterdir()) == ["wikitext-2"]
+    assert Handler.ranges == ["bytes=29-", None]  # continued, failed the MD5, restarted
+    # A .part as long as the archive but wrong: the server answers 416, the download restarts.
+    root = tmp_path / "long"
+    root.mkdir()
+    (root / "wikitext-2-v1.zip.part").write_bytes(b"x" * len(GOOD))
+    assert (get(root, f"{server}/ranged.zip") / "wiki.valid.tokens").exists()
 
 
 def test_falls_back_to_the_next_mirror(server, tmp_path):

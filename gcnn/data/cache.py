@@ -45,12 +45,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         yield f
         f.flush()
         os.fsync(f.fileno())
-    except BaseException:
         f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        # On a full disk close() fails too, flushing what is still buffered; the file is closed
+        # all the same, and the temporary file must go whatever the error.
+        with contextlib.suppress(OSError):
+            f.close()
         tmp.unlink(missing_ok=True)
         raise
-    f.close()
-    os.replace(tmp, path)
     _fsync_dir(path.parent)  # make the rename itself durable
 
 

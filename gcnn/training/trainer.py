@@ -370,7 +370,8 @@ class Trainer:
                 EXIT_DISK_FULL,
             )
         return GcnnError(
-            f"cannot write {err.what} {err.path}: {err.cause}; {where}; {err.advice}, then {resume}"
+            f"cannot write {err.what} {err.path}: {err.cause}; {where}; make {self.out} writable "
+            f"again and {resume} (a copy of it on another disk resumes too)"
         )
 
     # -- before the first update: can the run directory take this run? --------------------------
@@ -398,12 +399,15 @@ class Trainer:
         out, hint = self.out, "choose another --out or make it writable"
         created = not out.exists()
         try:
-            with writing(out, "run directory", hint):
-                out.mkdir(parents=True, exist_ok=True)
-            if not is_writable_dir(out):  # by mode bits too: root passes every access check
-                read_only = os.statvfs(out).f_flag & os.ST_RDONLY if hasattr(os, "statvfs") else 0
+            # By mode bits too, on the directory or the one it will be created in: root passes
+            # every access check, yet a directory made read-only must not be written into.
+            existing = next(d for d in (out, *out.parents) if d.exists())
+            if not is_writable_dir(existing):
+                read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
                 fault = OSError(errno.EROFS if read_only else errno.EACCES, "not writable")
                 raise WriteError(out, fault, "run directory", hint)
+            with writing(out, "run directory", hint):
+                out.mkdir(parents=True, exist_ok=True)
             probe = out / f".write-test-{os.getpid()}"
             with writing(out, "run directory", hint):  # a read-only mount shows here, even to root
                 probe.write_bytes(b"")
