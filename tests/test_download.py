@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import io
@@ -11,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_faults import failing_open
 
 from gcnn.data import prepare_corpus
 from gcnn.data.__main__ import main
@@ -227,3 +229,41 @@ def test_named_corpus_downloads_on_first_use(server, tmp_path, monkeypatch):
     download_module.ARCHIVES["wikitext-2"]["md5"] = GOOD_MD5
     corpus = prepare_corpus("wikitext-2", download=True)
     assert corpus.directory == tmp_path / "data" / "wikitext-2"
+
+
+def test_full_disk_while_downloading_removes_the_part_file(server, tmp_path, monkeypatch, capsys):
+    import gcnn.data.download as download_module
+
+    root = tmp_path / "data"
+    monkeypatch.setattr(download_module, "CHUNK", 64)  # several writes: a real partial file
+    full_disk = failing_open(errno.ENOSPC, room=200)
+    monkeypatch.setattr(download_module, "open", full_disk, raising=False)
+    argv = ["download", "wikitext-2", "--root", str(root), "--md5", GOOD_MD5]
+    assert run_cli(lambda: main([*argv, "--url", f"{server}/wikitext-2-v1.zip"])) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    part = root / "wikitext-2-v1.zip.part"
+    assert err == (
+        f"error: cannot write download {part}: no space left on device; free some space or "
+        "choose a directory on another disk; the partial download was removed"
+    )
+    assert_nothing_left(root)
+
+
+def test_full_disk_while_extracting_keeps_the_verified_archive(server, tmp_path, monkeypatch):
+    import gcnn.data.download as download_module
+
+    root = tmp_path / "data"
+    full_disk = failing_open(errno.ENOSPC, lambda name: name.startswith("wiki."))
+    monkeypatch.setattr(download_module, "open", full_disk, raising=False)
+    with pytest.raises(GcnnError) as info:
+        get(root, f"{server}/wikitext-2-v1.zip")
+    archive = root / "wikitext-2-v1.zip"
+    assert str(info.value) == (
+        f"cannot write corpus {root / 'wikitext-2'}: no space left on device; free some space or "
+        f"choose a directory on another disk; the verified archive {archive} is kept: a re-run "
+        "extracts it without downloading again"
+    )
+    assert sorted(p.name for p in root.iterdir()) == [archive.name]  # no half corpus
+    monkeypatch.undo()
+    path = get(root, closed_port_url())  # no network needed any more
+    assert (path / "wiki.train.tokens").read_text() == SPLITS_TEXT["train"]
