@@ -102,7 +102,8 @@ def run_cli(main: Callable[[], int | None]) -> int:
         code = int(main() or 0)
         # Flush here: a reader that went away must show up inside this try, not in the
         # interpreter's own flush at exit (which prints "Exception ignored ... BrokenPipeError").
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         return code
     except GcnnError as err:
         _say(f"error: {' '.join(str(err).split())}")

@@ -414,8 +414,8 @@ class Trainer:
                 probe.unlink()
             # Peak use while saving checkpoint_best.pt: last + best + the temporary copy; files
             # of a resumed run already count in the used space.
-            existing = sum(p.stat().st_size for p in (self.last_path, self.best_path) if p.exists())
-            need = max(0, 3 * self.ckpt_bytes - existing)
+            have = sum(p.stat().st_size for p in (self.last_path, self.best_path) if p.exists())
+            need = max(0, 3 * self.ckpt_bytes - have)
             free = _free_bytes(out)
             if free is not None and free < need:
                 raise GcnnError(
