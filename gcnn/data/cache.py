@@ -45,13 +45,50 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         yield f
         f.flush()
         os.fsync(f.fileno())
-    except BaseException:
         f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        # On a full disk close() fails too, flushing what is still buffered; the file is closed
+        # all the same, and the temporary file must go whatever the error.
+        with contextlib.suppress(OSError):
+            f.close()
         tmp.unlink(missing_ok=True)
         raise
-    f.close()
-    os.replace(tmp, path)
     _fsync_dir(path.parent)  # make the rename itself durable
+
+
+class _WriteWatcher:
+    """A file wrapper that remembers the OSError of a failed write (see `torch_save`)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def torch_save(obj, f) -> None:
+    """torch.save(obj, f) into an open binary file; a failed write raises its own OSError.
+
+    On a full disk torch's zip writer reports only "RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos ..."; this raises the "No space left on device" OSError
+    behind it instead, so callers can say what happened.
+    """
+    watched = _WriteWatcher(f)
+    try:
+        torch.save(obj, watched)
+    except RuntimeError:
+        if watched.error is not None:
+            raise watched.error from None
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -195,7 +232,7 @@ class CacheEntry:
                     f.flush()
                     os.fsync(f.fileno())
             with open(tmp / "tokenizer.pt", "wb") as f:
-                torch.save(tokenizer_state, f)
+                torch_save(tokenizer_state, f)
                 f.flush()
                 os.fsync(f.fileno())
             meta = {

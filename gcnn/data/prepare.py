@@ -31,7 +31,7 @@ from gcnn.data.tokenizer import (
     split_words,
     tokenizer_from_state,
 )
-from gcnn.errors import GcnnError
+from gcnn.errors import GcnnError, plain_cause
 
 DEFAULT_SP_VOCAB = 8000
 PARALLEL_BYTES = 64 << 20  # files at least this big are scanned by two processes
@@ -349,10 +349,11 @@ def _build(entry: CacheEntry, plan: _Plan) -> Corpus:
     try:
         entry.save(sources, tok.state_dict(), arrays, meta)
         cached = entry.load(files)
-    except OSError as err:
+    except OSError as err:  # a full or read-only disk costs a rebuild next time, not this run
         print(
-            f"warning: cannot write the cache in {entry.cache_dir} ({err}); set GCNN_CACHE to a "
-            "writable directory to avoid rebuilding next time",
+            f"warning: cannot write the cache in {entry.cache_dir} ({plain_cause(err)[0]}); "
+            "going on without it; set GCNN_CACHE to a writable directory with free space to "
+            "avoid rebuilding next time",
             file=sys.stderr,
         )
         cached = None

@@ -570,7 +570,8 @@ def plot_latency(results: Sequence[LatencyResult], path: str | Path) -> None:
     ax.legend()
     fig.tight_layout()
     from gcnn.data import atomic_write
+    from gcnn.errors import writing
 
-    with atomic_write(path, mode="wb") as f:
+    with writing(path, "plot"), atomic_write(path, mode="wb") as f:
         fig.savefig(f, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)

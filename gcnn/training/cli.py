@@ -5,8 +5,10 @@
     python train.py --out runs/gcnn14 --resume        # continue after a crash or Ctrl-C
     torchrun --nproc_per_node 4 train.py --config experiments/wt103_gcnn14.toml
 
-Exit status: 0 when training finished, 2 for a user error (one line on stderr), 128 + signal
-number (130 Ctrl-C, 143 SIGTERM) when a signal stopped training after saving checkpoint_last.
+Exit status: 0 when training finished, 2 for a user error or a failed write (one line on
+stderr), 75 when a full disk stopped training (checkpoint_last intact: free space, --resume),
+128 + signal number (130 Ctrl-C, 143 SIGTERM) when a signal stopped training after saving
+checkpoint_last.
 """
 
 from __future__ import annotations

@@ -244,6 +244,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         prog=prog,
         description="Train a gated convolutional (or LSTM) language model. Settings compose: "
         "defaults < --config FILE.toml < flags. Resolved settings go to RUN_DIR/config.toml.",
+        epilog="exit status: 0 done; 2 a user error or a failed write; 75 the disk filled up "
+        "during training (checkpoint_last.pt is intact: free space and --resume); 128+N "
+        "stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM).",
         argument_default=S,
     )
     g = p.add_argument_group("data")
