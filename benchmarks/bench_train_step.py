@@ -1,80 +1,201 @@
-"""Milliseconds per training step of the CPU presets: python benchmarks/bench_train_step.py.
+"""The training step against the hardware's limit: python benchmarks/bench_train_step.py
 
-One step = forward + backward of `loss` on a batch of 16 x (32 + 128) tokens (the GCNN's context
-plus a block), in fp32 and under bf16 autocast. Targets follow a Zipf law over the vocabulary, like
-real text, so the adaptive-softmax tails run about as often as in training. Prints the median of
-several steps after a warm-up: wall time, and the process's CPU time (all threads), which a busy
-shared machine inflates much less (with --threads 1 it is the compute time itself).
+For each shape (gcnn-small as train.py runs it by default; gcnn-8 at WikiText-2's vocabulary,
+8 x 256 tokens, Nesterov SGD), one run times, interleaved round by round so that a drifting load
+hits every variant alike:
+
+- gcnn's model, fp32 and under bf16 autocast (the precisions `--precision auto` chooses from);
+- the plain port of benchmarks/plain_port.py (nn.Conv1d + F.glu + weight_norm +
+  nn.AdaptiveLogSoftmaxWithLoss), the same two precisions: what gcnn must at least match;
+- the machine's best matrix-product rate, fp32 and bf16, measured in the same run.
+
+One step = forward, backward and the optimizer's update on the same Zipf-distributed batch.
+MFU (model-FLOPs utilisation) = the step's useful FLOPs per second / the best matrix-product
+rate of either precision. Useful FLOPs = 3 x the forward pass's multiply-adds x 2 (the backward
+pass costs twice the forward), counting every layer on every token it is fed and each softmax
+tail only on the targets that belong to it: what the model must compute, not what an
+implementation happens to do.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from gcnn.errors import GcnnError, run_cli
-from gcnn.models import build_model
+from gcnn.models import PRESETS, build_model
+from gcnn.precision import cpu_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_port import plain_port  # noqa: E402
+
+# name -> (preset, rows, scored tokens per row, optimizer); each row also holds the model's
+# receptive_field - 1 tokens of unscored context, as in training
+SHAPES = {
+    "gcnn-small": ("gcnn-small", 16, 256, "adamw"),
+    "gcnn-8": ("gcnn-8", 8, 256, "nag"),
+}
 
 
 def zipf_tokens(vocab_size: int, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
     weights = 1.0 / torch.arange(1, vocab_size + 1, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
-    return torch.multinomial(weights, shape[0] * shape[1], replacement=True, generator=g).view(
-        shape
+    ids = torch.multinomial(weights, shape[0] * shape[1], replacement=True, generator=g)
+    return ids.view(shape)
+
+
+def useful_flops(model, targets: torch.Tensor) -> float:
+    """3 x forward FLOPs: the network on every fed token, the head on every scored one, each
+    tail on its own targets (counted from the batch's softmax plan)."""
+    softmax = model.softmax
+    body = (
+        model.flops_per_token(full_softmax=False)
+        - 2 * softmax.in_features * softmax.head.out_features
     )
+    plan = model.plan(targets)
+    forward = (
+        body * targets.numel() + 2 * softmax.in_features * softmax.head.out_features * plan.count
+    )
+    for tail, rows in zip(softmax.tails, plan.rows, strict=True):
+        per_row = sum(m.in_features * m.out_features for m in tail if hasattr(m, "in_features"))
+        forward += 2 * per_row * rows.numel()
+    return 3.0 * forward
 
 
-def time_steps(model, inputs, targets, bf16: bool, steps: int, warmup: int = 2):
-    """Median (wall seconds, CPU seconds) of one forward + backward."""
-    model.train()
-    wall, cpu = [], []
-    for i in range(warmup + steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
+def optimizer_for(model, kind: str):
+    if kind == "nag":
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.99, nesterov=True)
+    return torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def gcnn_step(model, inputs, targets, bf16: bool, optimizer):
+    plan = model.plan(targets)  # the trainer makes it on the host while building the batch
+
+    def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            nll, count, _ = model.loss(inputs, targets)
+            nll, count, _ = model.loss(inputs, targets, None, plan)
         (nll / count).backward()
-        model.zero_grad(set_to_none=True)
-        if i >= warmup:
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def plain_step(model, inputs, targets, bf16: bool, optimizer):
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(inputs, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def matmul_fn(dtype: torch.dtype, n: int = 2048):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return lambda: a @ b, 2.0 * n**3
+
+
+def interleaved(calls: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for r in range(rounds):
+        names = list(calls)
+        names = names[r % len(names) :] + names[: r % len(names)]
+        for name in names:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure(shape: str, vocab_size: int, rounds: int, rows: int = 0, block: int = 0) -> dict:
+    preset, default_rows, default_block, opt = SHAPES[shape]
+    rows, block = rows or default_rows, block or default_block
+    torch.manual_seed(0)
+    ours = build_model(preset, vocab_size)
+    torch.manual_seed(0)
+    plain = plain_port(PRESETS[preset], vocab_size)
+    context = ours.receptive_field - 1
+    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0)
+    targets = zipf_tokens(vocab_size, (rows, context + block), seed=1)
+    targets[:, :context] = -100  # the unscored context, as in training
+    calls = {}
+    for precision in ("fp32", "bf16"):
+        bf16 = precision == "bf16"
+        calls[f"gcnn {precision}"] = gcnn_step(
+            ours, inputs, targets, bf16, optimizer_for(ours, opt)
+        )
+        calls[f"plain {precision}"] = plain_step(
+            plain, inputs, targets, bf16, optimizer_for(plain, opt)
+        )
+    flops = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        calls[f"matmul {precision}"], flops[precision] = matmul_fn(dtype)
+    seconds = interleaved(calls, rounds)
+    peak = {p: flops[p] / seconds[f"matmul {p}"] for p in flops}
+    return {
+        "shape": f"{preset} {rows}x({context}+{block}) vocab {vocab_size:,} {opt}",
+        "seconds": seconds,
+        "peak": peak,
+        "model_flops": useful_flops(ours, targets),
+        "tokens": rows * block,
+    }
+
+
+def report(result: dict) -> list[str]:
+    s, peak, flops = result["seconds"], result["peak"], result["model_flops"]
+    best = max(peak.values())
+    lines = [
+        f"{result['shape']}: {flops / 1e9:.1f} useful GFLOP per step; matrix products "
+        f"{peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} bf16 "
+        f"(best {best / 1e9:.0f})",
+        "| model | precision | ms/step | tokens/s | MFU vs best | gcnn / plain speed |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for who in ("gcnn", "plain"):
+        for precision in ("fp32", "bf16"):
+            t = s[f"{who} {precision}"]
+            ratio = s[f"plain {precision}"] / s[f"gcnn {precision}"]
+            lines.append(
+                f"| {who} | {precision} | {1e3 * t:,.0f} | {result['tokens'] / t:,.0f} "
+                f"| {100 * flops / t / best:.0f}% | {f'{ratio:.2f}x' if who == 'gcnn' else ''} |"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gcnn.models.benchmark", description=__doc__)
-    parser.add_argument("--presets", nargs="+", default=["gcnn-small", "lstm-small"])
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench_train_step.py", description=__doc__
+    )
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--vocab-size", type=int, default=33_278, help="default: WikiText-2's")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=160, help="tokens per row (32 + 128)")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=0, help="rows per batch (default: the shape's)")
+    parser.add_argument("--block", type=int, default=0, help="scored tokens per row (default 256)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     args = parser.parse_args(argv)
-    for value, flag in ((args.batch_size, "--batch-size"), (args.tokens, "--tokens")):
-        if value < 1:
-            raise GcnnError(f"{flag} {value} must be positive")
+    if args.rounds < 1 or args.vocab_size < 12_000 or args.rows < 0 or args.block < 0:
+        raise GcnnError(
+            "--rounds must be >= 1, --vocab-size >= 12000 (the cutoffs), --rows/--block >= 1"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = (args.batch_size, args.tokens)
-    inputs = zipf_tokens(args.vocab_size, shape, seed=0)
-    targets = zipf_tokens(args.vocab_size, shape, seed=1)
-    print(
-        f"batch {shape[0]}x{shape[1]}, vocab {args.vocab_size:,}, threads {torch.get_num_threads()}"
-    )
-    for name in args.presets:
-        torch.manual_seed(0)
-        model = build_model(name, args.vocab_size)
-        cells = []
-        for bf16 in (False, True):
-            wall, cpu = time_steps(model, inputs, targets, bf16, args.steps)
-            kind = "bf16" if bf16 else "fp32"
-            cells.append(f"{kind} {1000 * wall:6.0f} ms (cpu {1000 * cpu:6.0f} ms)")
-        params = model.num_parameters() / 1e6
-        print(f"{name:<12} {params:5.1f}M params  " + "  ".join(cells) + "  per step")
+    print(f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    for shape in args.shapes:
+        print()
+        result = measure(shape, args.vocab_size, args.rounds, args.rows, args.block)
+        print("\n".join(report(result)))
     return 0
 
 

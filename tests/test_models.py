@@ -293,11 +293,12 @@ def test_cli_prints_every_preset(capsys):
 
 def test_train_step_benchmark_runs():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_train_step.py"
-    args = ["--vocab-size", "100", "--batch-size", "2", "--tokens", "8", "--steps", "1"]
+    args = ["--shapes", "gcnn-small", "--vocab-size", "12000", "--rows", "2", "--block", "8",
+            "--rounds", "1", "--threads", "1"]  # fmt: skip
     run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     out = run.stdout
-    assert "gcnn-small" in out and "lstm-small" in out and "ms" in out
+    assert "| gcnn | bf16 |" in out and "| plain | fp32 |" in out and "MFU" in out
 
 
 # --- training ----------------------------------------------------------------------------------
