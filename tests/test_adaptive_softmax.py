@@ -117,3 +117,21 @@ def test_cutoffs_beyond_vocabulary_are_dropped_and_bad_cutoffs_rejected():
         AdaptiveSoftmax(D, V, [20, 10])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         asm.target_log_prob(torch.randn(2, D), torch.tensor([0, 25]))
+
+
+def test_target_log_softmax_values_and_gradient():
+    """The fused per-row log-probability equals log_softmax + gather, with an exact gradient."""
+    from gcnn.models.adaptive_softmax import target_log_softmax
+
+    torch.manual_seed(3)
+    logits = torch.randn(9, 13, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 13, (9,))
+    expected = F.log_softmax(logits, -1).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(target_log_softmax(logits, target), expected, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: target_log_softmax(x, target), (logits,))
+    # bf16 logits: the log-softmax is taken in fp32, the gradient comes back in bf16
+    low = logits.detach().bfloat16().requires_grad_()
+    out = target_log_softmax(low, target)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert low.grad.dtype == torch.bfloat16

@@ -30,6 +30,40 @@ from gcnn.data import IGNORE_INDEX
 from gcnn.errors import GcnnError
 
 
+class _TargetLogSoftmax(torch.autograd.Function):
+    """log_softmax(logits)[row, target[row]] for every row, at least in fp32.
+
+    Training needs one log-probability per row, not the whole log-softmax: backward is then one
+    pass, grad · (onehot(target) − softmax), instead of autograd's route through a zero-filled
+    gradient of the full (rows, classes) output (gather's backward) and log_softmax's backward
+    reading it back: on a 2,000-word head or a 23,000-word tail that is most of the softmax's
+    time.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # at least fp32 (bf16/fp16 logits are upcast; a float64 model stays float64): a bf16
+        # log-sum-exp over thousands of logits would lose most of its precision
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        log_probs = F.log_softmax(logits.to(dtype), dim=-1)
+        ctx.save_for_backward(log_probs, target)
+        ctx.logits_dtype = logits.dtype
+        return log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        log_probs, target = ctx.saved_tensors
+        grad = grad.to(log_probs.dtype).unsqueeze(1)
+        grad_logits = torch.exp(log_probs).mul_(-grad)
+        grad_logits.scatter_add_(1, target.unsqueeze(1), grad)
+        return grad_logits.to(ctx.logits_dtype), None
+
+
+def target_log_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(rows,) log-softmax of (rows, classes) `logits` at each row's `target` class."""
+    return _TargetLogSoftmax.apply(logits, target)
+
+
 @dataclass
 class SoftmaxPlan:
     """The data-dependent part of scoring targets, decided on the host before the forward pass.
@@ -172,13 +206,12 @@ class AdaptiveSoftmax(nn.Module):
         if hidden.size(0) != plan.numel:
             raise ValueError(f"hidden has {hidden.size(0)} rows but targets {plan.numel}")
         h = hidden.index_select(0, plan.keep)
-        head = self._log_softmax(self.head(h))
-        out = head.gather(1, plan.head_target.unsqueeze(1)).squeeze(1)
+        out = target_log_softmax(self.head(h), plan.head_target)
         for i, (rows, words) in enumerate(zip(plan.rows, plan.words, strict=True)):
             if rows.numel() == 0:  # known on the host: no device sync
                 continue
-            tail = self._log_softmax(self.tails[i](h.index_select(0, rows)))
-            out = out.index_add(0, rows, tail.gather(1, words.unsqueeze(1)).squeeze(1))
+            tail = target_log_softmax(self.tails[i](h.index_select(0, rows)), words)
+            out = out.index_add(0, rows, tail)
         result = torch.zeros(plan.numel, dtype=out.dtype, device=out.device)
         result = result.index_copy(0, plan.keep, out)
         return result.view(plan.shape)
