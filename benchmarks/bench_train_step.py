@@ -39,7 +39,10 @@ from plain_port import plain_port  # noqa: E402
 SHAPES = {
     "gcnn-small": ("gcnn-small", 16, 256, "adamw"),
     "gcnn-8": ("gcnn-8", 8, 256, "nag"),
+    # GPU scale (benchmarks/gpu_check.sh): fairseq's 1024-token blocks, WikiText-103's vocabulary
+    "gcnn-14": ("gcnn-14", 4, 1024, "nag"),
 }
+WT103_VOCAB = 267_735
 
 
 def zipf_tokens(vocab_size: int, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -73,12 +76,14 @@ def optimizer_for(model, kind: str):
     return torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
-def gcnn_step(model, inputs, targets, bf16: bool, optimizer):
-    plan = model.plan(targets)  # the trainer makes it on the host while building the batch
+def gcnn_step(model, inputs, targets, bf16: bool, optimizer, loss_fn=None):
+    # the plan is made on the host while the trainer builds the batch
+    plan = model.plan(targets.cpu()).to(inputs.device)
+    loss_fn = loss_fn or model.loss
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            nll, count, _ = model.loss(inputs, targets, None, plan)
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+            nll, count, _ = loss_fn(inputs, targets, None, plan)
         (nll / count).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -88,7 +93,7 @@ def gcnn_step(model, inputs, targets, bf16: bool, optimizer):
 
 def plain_step(model, inputs, targets, bf16: bool, optimizer):
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(inputs, targets)
         loss.backward()
         optimizer.step()
@@ -97,12 +102,15 @@ def plain_step(model, inputs, targets, bf16: bool, optimizer):
     return step
 
 
-def matmul_fn(dtype: torch.dtype, n: int = 2048):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_fn(dtype: torch.dtype, device: str):
+    n = 8192 if device.startswith("cuda") else 2048  # big enough to reach the peak rate
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     return lambda: a @ b, 2.0 * n**3
 
 
-def interleaved(calls: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
+def interleaved(calls: dict, rounds: int, device: str, warmup: int = 2) -> dict[str, float]:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     for fn in calls.values():
         for _ in range(warmup):
             fn()
@@ -111,42 +119,65 @@ def interleaved(calls: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
         names = list(calls)
         names = names[r % len(names) :] + names[: r % len(names)]
         for name in names:
+            sync()
             start = time.perf_counter()
             calls[name]()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def measure(shape: str, vocab_size: int, rounds: int, rows: int = 0, block: int = 0) -> dict:
+def measure(
+    shape: str,
+    vocab_size: int | None,
+    rounds: int,
+    rows: int = 0,
+    block: int = 0,
+    device: str = "cpu",
+    compile_model: bool = False,
+    plain: bool = True,
+) -> dict:
     preset, default_rows, default_block, opt = SHAPES[shape]
     rows, block = rows or default_rows, block or default_block
+    vocab_size = vocab_size or (WT103_VOCAB if shape == "gcnn-14" else 33_278)
     torch.manual_seed(0)
-    ours = build_model(preset, vocab_size)
-    torch.manual_seed(0)
-    plain = plain_port(PRESETS[preset], vocab_size)
+    ours = build_model(preset, vocab_size).to(device)
     context = ours.receptive_field - 1
-    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0)
+    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0).to(device)
     targets = zipf_tokens(vocab_size, (rows, context + block), seed=1)
     targets[:, :context] = -100  # the unscored context, as in training
+    targets = targets.to(device)
+    precisions = ("fp32", "bf16")
     calls = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         bf16 = precision == "bf16"
         calls[f"gcnn {precision}"] = gcnn_step(
             ours, inputs, targets, bf16, optimizer_for(ours, opt)
         )
-        calls[f"plain {precision}"] = plain_step(
-            plain, inputs, targets, bf16, optimizer_for(plain, opt)
-        )
+    if compile_model:  # the trainer's --compile: the loss compiled as one graph per precision
+        compiled = torch.compile(ours.loss)
+        for precision in precisions:
+            step = gcnn_step(
+                ours, inputs, targets, precision == "bf16", optimizer_for(ours, opt), compiled
+            )
+            calls[f"gcnn+compile {precision}"] = step
+    if plain:
+        torch.manual_seed(0)
+        port = plain_port(PRESETS[preset], vocab_size).to(device)
+        for precision in precisions:
+            calls[f"plain {precision}"] = plain_step(
+                port, inputs, targets, precision == "bf16", optimizer_for(port, opt)
+            )
     flops = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        calls[f"matmul {precision}"], flops[precision] = matmul_fn(dtype)
-    seconds = interleaved(calls, rounds)
+        calls[f"matmul {precision}"], flops[precision] = matmul_fn(dtype, device)
+    seconds = interleaved(calls, rounds, device)
     peak = {p: flops[p] / seconds[f"matmul {p}"] for p in flops}
     return {
-        "shape": f"{preset} {rows}x({context}+{block}) vocab {vocab_size:,} {opt}",
+        "shape": f"{preset} {rows}x({context}+{block}) vocab {vocab_size:,} {opt} on {device}",
         "seconds": seconds,
         "peak": peak,
-        "model_flops": useful_flops(ours, targets),
+        "model_flops": useful_flops(ours, targets.cpu()),
         "tokens": rows * block,
     }
 
@@ -161,13 +192,16 @@ def report(result: dict) -> list[str]:
         "| model | precision | ms/step | tokens/s | MFU vs best | gcnn / plain speed |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for who in ("gcnn", "plain"):
+    for who in ("gcnn", "gcnn+compile", "plain"):
         for precision in ("fp32", "bf16"):
-            t = s[f"{who} {precision}"]
-            ratio = s[f"plain {precision}"] / s[f"gcnn {precision}"]
+            t = s.get(f"{who} {precision}")
+            if t is None:
+                continue
+            plain = s.get(f"plain {precision}")
+            ratio = f"{plain / t:.2f}x" if plain and who != "plain" else ""
             lines.append(
                 f"| {who} | {precision} | {1e3 * t:,.0f} | {result['tokens'] / t:,.0f} "
-                f"| {100 * flops / t / best:.0f}% | {f'{ratio:.2f}x' if who == 'gcnn' else ''} |"
+                f"| {100 * flops / t / best:.0f}% | {ratio} |"
             )
     return lines
 
@@ -177,7 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python benchmarks/bench_train_step.py", description=__doc__
     )
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--vocab-size", type=int, default=33_278, help="default: WikiText-2's")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="default: WikiText-2's 33,278 (gcnn-14: WikiText-103's 267,735)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain port")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=0, help="rows per batch (default: the shape's)")
     parser.add_argument("--block", type=int, default=0, help="scored tokens per row (default 256)")
@@ -185,16 +227,32 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.vocab_size < 12_000 or args.rows < 0 or args.block < 0:
+    if args.rounds < 1 or (args.vocab_size or 12_000) < 12_000 or args.rows < 0 or args.block < 0:
         raise GcnnError(
             "--rounds must be >= 1, --vocab-size >= 12000 (the cutoffs), --rows/--block >= 1"
         )
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GcnnError(f"--device {args.device}: no CUDA device here")
+        # TF32 would make "fp32" a different precision from the CPU's; keep it strict
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        print(f"{torch.cuda.get_device_name(args.device)}; torch {torch.__version__}")
+    else:
+        print(f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
     for shape in args.shapes:
         print()
-        result = measure(shape, args.vocab_size, args.rounds, args.rows, args.block)
+        result = measure(
+            shape,
+            args.vocab_size,
+            args.rounds,
+            args.rows,
+            args.block,
+            args.device,
+            args.compile,
+            not args.no_plain,
+        )
         print("\n".join(report(result)))
     return 0
 
