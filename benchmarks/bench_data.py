@@ -11,10 +11,12 @@ the real valid/test splits. Prints seconds and MB/s for the build and for loadin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +43,46 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def resident_mb(pid: int | str = "self") -> float:
+    """Resident memory of one process (Linux /proc), 0 if it has gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def children() -> list[str]:
+    pids = []
+    for task in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += task.read_text().split()
+    return pids
+
+
+class MemorySampler(threading.Thread):
+    """The peak of (this process + its worker processes) resident memory, sampled every 20 ms:
+    what the machine must have free, since the build's processes run at the same time."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = 0.0
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.02):
+            total = resident_mb() + sum(resident_mb(pid) for pid in children())
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        return self.peak
+
+
 def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -63,9 +105,13 @@ def main() -> None:
         print(f"corpus: {mb:.0f} MB of text ({args.repeat} x {args.source} train + valid/test)")
         print(f"cores : {os.cpu_count()}, load average before: {load_average()}")
 
+        sampler = MemorySampler()
+        before = resident_mb()
+        sampler.start()
         start, cpu0 = time.perf_counter(), cpu_seconds()
         corpus = prepare_corpus(work, args.tokenizer, cache_dir=work / "cache")
         build, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        peak = sampler.stop()
         tokens = sum(s["tokens"] for s in corpus.stats.values())
         print(
             f"build : {build:7.2f} s  {mb / build:7.1f} MB/s  "
@@ -74,6 +120,10 @@ def main() -> None:
         print(f"        {tokens:,} tokens, vocabulary {corpus.tokenizer.vocab_size:,}")
         # Wall time depends on what else runs on the machine; CPU time much less so.
         print(f"        CPU {cpu:.1f} s (this process + workers), load average {load_average()}")
+        print(
+            f"memory: peak {peak:,.0f} MB resident, this process and its workers together "
+            f"({before:,.0f} MB before the build; the text is {mb:,.0f} MB); target <= 2,000 MB"
+        )
         del corpus
 
         start = time.perf_counter()

@@ -101,18 +101,36 @@ def _read_split(
     return ids, {"lines": lines, "words": words}
 
 
-def _scan(path: Path, start: int = 0, end: int | None = None, progress=None):
-    """Number the words of a byte range in first-seen order: (words, ids, lines).
+def _renumber(ids: np.ndarray, remap: np.ndarray, step: int = 1 << 22) -> np.ndarray:
+    """ids[i] = remap[ids[i]] in place, a slice at a time. (`remap[ids]` builds a second
+    stream, and np.take(..., out=ids) a 64-bit copy of the indices plus a buffer: 3x the
+    stream's size at once on a 100M-token corpus.)"""
+    for i in range(0, len(ids), step):
+        ids[i : i + step] = remap[ids[i : i + step]]
+    return ids
 
-    Runs in a worker process for the second half of a big file, so it returns plain data.
+
+def _count(ids: np.ndarray, size: int, step: int = 1 << 22) -> np.ndarray:
+    """np.bincount a slice at a time (on int32 ids it makes a 64-bit copy of all of them)."""
+    counts = np.zeros(size, dtype=np.int64)
+    for i in range(0, len(ids), step):
+        counts += np.bincount(ids[i : i + step], minlength=size)
+    return counts
+
+
+def _scan(path: Path, start: int = 0, end: int | None = None, progress=None):
+    """Number the words of a byte range in first-seen order: (words, id chunks, lines).
+
+    Runs in a worker process for the second half of a big file, so it returns plain data. The
+    ids stay in per-chunk arrays: joining them here and again in the caller would hold the
+    stream twice over (memory, not time, is what a 100M-token corpus runs short of).
     """
     first, parts, lines = _FirstSeen(), [], 0
     for text in read_chunks(path, progress=progress, start=start, end=end):
         lines += text.count("\n") + (0 if text.endswith("\n") else 1)
         words = split_words(text)
         parts.append(np.fromiter(map(first.__getitem__, words), dtype=np.int32, count=len(words)))
-    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    return list(first), ids, lines
+    return list(first), parts, lines
 
 
 def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np.ndarray, dict]:
@@ -141,13 +159,17 @@ def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np
         if bar is not None:
             bar.close()
     parts, lines = [], 0
-    for words, ids, n in results:
+    for words, chunks, n in results:
         remap = np.fromiter(
             (vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int32, count=len(words)
         )
-        parts.append(remap[ids])
+        for chunk in chunks:
+            _renumber(chunk, remap)
+        parts.extend(chunks)
         lines += n
-    ids = np.concatenate(parts)
+    del results
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    del parts
     if len(ids) == 0:
         raise GcnnError(f"split {split!r} ({path}) is empty; give it at least one line of text")
     return ids, {"lines": lines, "words": len(ids)}
@@ -158,15 +180,13 @@ def _build_word(files, vocab_splits, min_count, max_vocab, progress):
     raw, info = {}, {}
     for split in vocab_splits:
         raw[split], info[split] = _scan_split(files[split], split, progress, vocab)
-    counts = np.zeros(len(vocab), dtype=np.int64)
-    for ids in raw.values():
-        counts += np.bincount(ids, minlength=len(counts))
+    counts = sum(_count(ids, len(vocab)) for ids in raw.values())
     words = list(vocab)
     tokenizer = WordTokenizer.from_counts(
         dict(zip(words, counts.tolist(), strict=True)), min_count, max_vocab
     )
     remap = np.fromiter(map(tokenizer.lookup.__getitem__, words), dtype=np.int32, count=len(words))
-    arrays = {split: remap[ids] for split, ids in raw.items()}
+    arrays = {split: _renumber(ids, remap) for split, ids in raw.items()}
     for split in files:
         if split not in arrays:
             arrays[split], info[split] = _read_split(
@@ -186,7 +206,7 @@ def _build_sentencepiece(files, vocab_splits, vocab_size, model_type, progress):
     raw, info = {}, {}
     for split, path in files.items():
         raw[split], info[split] = _read_split(path, split, plain.encode_text, progress, False)
-    counts = sum(np.bincount(raw[s], minlength=plain.vocab_size) for s in vocab_splits)
+    counts = sum(_count(raw[s], plain.vocab_size) for s in vocab_splits)
     tokenizer = plain.renumbered(counts)
     arrays = {split: tokenizer.from_sp[ids] for split, ids in raw.items()}
     return tokenizer, arrays, info
