@@ -131,7 +131,8 @@ def test_latency_json(capsys):
         assert r["params"] > 0 and r["throughput"] > 0 and r["responsiveness"] > 0
         # responsiveness is the sentence's tokens over its median latency
         assert r["responsiveness"] == pytest.approx(6 / (r["latency_ms"] / 1e3))
-        assert r["throughput_batch_size"] == 2 and r["precision"] == "fp32"
+        # the default, --precision auto, gives each model whichever dtype is faster here
+        assert r["throughput_batch_size"] == 2 and r["precision"] in ("fp32", "bf16")
     # weight norm folded: the count of plain weights, fewer than the (g, v) pairs of training
     built = build_model("gcnn-small", 300)
     assert records[0]["params"] == built.remove_weight_norm().num_parameters()
@@ -229,3 +230,19 @@ def test_roofline_benchmark_bounds_every_model_below_its_measured_latency():
     assert "gcnn-small vs lstm-small: measured ratio" in run.stdout
     bad = subprocess.run([sys.executable, str(script), "--vocab-size", "1"], capture_output=True)
     assert bad.returncode == 2 and b"error: --vocab-size 1" in bad.stderr
+
+
+@pytest.mark.parametrize("faster", ["fp32", "bf16"])
+def test_auto_precision_gives_each_model_its_faster_dtype(monkeypatch, faster):
+    from gcnn.evaluation import latency
+    from gcnn.evaluation.latency import LatencyConfig, Timing, fastest_precision
+
+    def timings(calls, repeats, warmup, device):  # fp32 first, bf16 second (PRECISIONS order)
+        fast, slow = Timing.of([1.0]), Timing.of([2.0])
+        return [fast, slow] if faster == "fp32" else [slow, fast]
+
+    monkeypatch.setattr(latency, "interleaved_timings", timings)
+    chosen = fastest_precision("tiny", tiny_gcnn(), LatencyConfig(sentence_length=6), print)
+    dtypes = {p.dtype for p in chosen.parameters()}
+    assert dtypes == {torch.float32 if faster == "fp32" else torch.bfloat16}
+    assert not any(parametrize.is_parametrized(m) for m in chosen.modules())

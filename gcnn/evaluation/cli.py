@@ -275,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="vocabulary for presets (default: the preset's corpus: GBW 793,471, "
         "WikiText-103 267,735, WikiText-2 33,278)",
     )
-    q.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    q.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto (default): each model in whichever of fp32/bf16 scores a sentence faster here",
+    )
     q.add_argument("--repeats", type=int, default=10)
     q.add_argument("--warmup", type=int, default=3)
     q.add_argument("--json", action="store_true")

@@ -18,6 +18,7 @@ clusters the targets need).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import statistics
 import time
@@ -427,8 +428,8 @@ def run_latency(
     log: Callable[[str], None] = lambda s: None,
 ) -> list[LatencyResult]:
     """Load and prepare every model, then measure them side by side (see `measure`)."""
-    if config.precision not in PRECISIONS:
-        raise GcnnError(f"--precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if config.precision not in (*PRECISIONS, "auto"):
+        raise GcnnError(f"--precision {config.precision!r}: choose auto, fp32 or bf16")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise GcnnError("--device cuda: no CUDA device is available; use --device cpu")
     if config.sentence_length < 1:
@@ -447,15 +448,42 @@ def run_latency(
                 f"presets: {', '.join(sorted(PRESETS))}"
             )
     models = []
-    for spec in specs:
-        name, model = load_for_latency(spec, vocab_size, config.device)
-        dtype = inference_dtype(model, config.precision, config.device)
-        model = prepare_for_inference(model, dtype, config.device)
-        size = f"{model.num_parameters() / 1e6:.1f}M parameters, vocabulary {_vocab_size(model):,}"
-        log(f"{name}: {size}")
-        models.append((name, model))
     with strict_fp32(config.device):
+        for spec in specs:
+            name, model = load_for_latency(spec, vocab_size, config.device)
+            size = (
+                f"{model.num_parameters() / 1e6:.1f}M parameters, vocabulary {_vocab_size(model):,}"
+            )
+            if config.precision == "auto":
+                model = fastest_precision(name, model, config, log)
+            else:
+                dtype = inference_dtype(model, config.precision, config.device)
+                model = prepare_for_inference(model, dtype, config.device)
+            log(f"{name}: {size}, {DTYPE_NAMES[next(model.parameters()).dtype]}")
+            models.append((name, model))
         return measure(models, config, plot_lengths, log)
+
+
+def fastest_precision(name: str, model: nn.Module, config: LatencyConfig, log) -> nn.Module:
+    """`model` prepared in whichever of fp32 and bf16 scores one sentence faster here: each
+    model at its best, decided by a short interleaved measurement of the real call."""
+    model = model.remove_weight_norm()  # (a parametrized module does not survive deepcopy)
+    candidates = {}
+    for precision in PRECISIONS:
+        dtype = inference_dtype(model, precision, config.device)
+        candidates[precision] = prepare_for_inference(copy.deepcopy(model), dtype, config.device)
+    sentences = random_sentences(_vocab_size(model), 4, config.sentence_length, config.seed + 1)
+    calls = [
+        scoring_fn(m, sentences.view(4, 1, -1), device=config.device) for m in candidates.values()
+    ]
+    timings = interleaved_timings(calls, max(5, config.repeats // 2), config.warmup, config.device)
+    seconds = {p: t.median for p, t in zip(candidates, timings, strict=True)}
+    best = min(seconds, key=seconds.get)
+    log(
+        f"{name}: --precision auto picks {best} "
+        + ", ".join(f"{p} {1e3 * t:.2f} ms" for p, t in seconds.items())
+    )
+    return candidates[best]
 
 
 def inference_dtype(model: nn.Module, precision: str, device: str) -> torch.dtype:
