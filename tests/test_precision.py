@@ -101,3 +101,31 @@ def test_training_with_auto_records_what_it_measured(tiny_corpus, tmp_path, monk
 def test_the_real_measurement_returns_a_choice():
     model, x, y = tiny()
     assert precision.choose_precision(model, x, y, "score") in ("fp32", "bf16")
+
+
+@pytest.mark.parametrize("family", ["gcnn", "lstm"])
+def test_evaluation_precision_flag(tiny_corpus, tmp_path, capsys, monkeypatch, family):
+    """fp32 is the default; bf16 autocast stays close to it; auto measures the scoring work."""
+    from test_eval import tiny_model, write_checkpoint
+
+    from gcnn.data import prepare_corpus
+    from gcnn.evaluation.cli import main as evaluate
+
+    corpus = prepare_corpus(tiny_corpus)
+    path = write_checkpoint(
+        tmp_path / "m.pt", tiny_model(family, corpus.tokenizer.vocab_size), corpus.tokenizer,
+        tiny_corpus,
+    )  # fmt: skip
+    seen = []
+    monkeypatch.setattr(
+        precision,
+        "measure_precisions",
+        lambda model, inputs, targets, mode, rounds=3: seen.append(mode) or {"fp32": 2, "bf16": 1},
+    )
+    results = {}
+    for flag in ("fp32", "bf16", "auto"):
+        assert evaluate(["perplexity", str(path), "--json", "--precision", flag]) == 0
+        results[flag] = json.loads(capsys.readouterr().out)["perplexity"]
+    assert seen == ["score"]
+    assert results["bf16"] == pytest.approx(results["fp32"], rel=0.02)
+    assert results["auto"] == results["bf16"]  # auto chose bf16, the (pretended) faster
