@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from gcnn.data import IGNORE_INDEX
 from gcnn.errors import GcnnError
+from gcnn.models.dropout import Dropout
 
 
 class _TargetLogSoftmax(torch.autograd.Function):
@@ -134,7 +135,7 @@ class AdaptiveSoftmax(nn.Module):
             self.tails.append(
                 nn.Sequential(
                     nn.Linear(in_features, dim, bias=False),
-                    nn.Dropout(dropout),
+                    Dropout(dropout),
                     nn.Linear(dim, size, bias=False),
                 )
             )

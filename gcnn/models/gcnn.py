@@ -16,6 +16,7 @@ import torch.nn as nn
 from gcnn.models.base import LanguageModel
 from gcnn.models.blocks import GatedConvBlock, make_linear
 from gcnn.models.config import GCNNConfig
+from gcnn.models.dropout import Dropout
 
 
 class GatedConvLM(LanguageModel):
@@ -28,7 +29,7 @@ class GatedConvLM(LanguageModel):
         layers = config.layers()
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         nn.init.normal_(self.embed.weight, mean=0.0, std=0.1)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         width = layers[0][0][1]
         self.fc_in = make_linear(config.embed_dim, width, config.dropout, config.weight_norm)
         self.blocks = nn.ModuleList()

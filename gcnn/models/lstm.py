@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from gcnn.models.base import LanguageModel
 from gcnn.models.config import LSTMConfig
+from gcnn.models.dropout import Dropout
 
 
 class LSTMLM(LanguageModel):
@@ -26,7 +27,7 @@ class LSTMLM(LanguageModel):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.lstm = nn.LSTM(
             config.embed_dim,
             config.hidden_size,
