@@ -125,14 +125,32 @@ def corpus_nll(
     block_size: int = 512,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    context: int | None = None,
 ) -> tuple[float, int]:
-    """(total NLL in nats, number of scored tokens) over the token stream, exactly."""
+    """(total NLL in nats, number of scored tokens) over the token stream, exactly.
+
+    `context` cuts every token's history to the previous `context` + 1 tokens (the input right
+    before it plus `context` more; paper Fig. 4): one scored target per row, so no token sees
+    more. None: all the history the model can use (receptive_field - 1 for a GCNN, the whole
+    stream for an LSTM).
+    """
     model.eval()
     # the NLL is summed on the device in float64 (no host sync until the end); which targets
     # count, and which softmax clusters they need, is known on the host from each batch
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    if model.is_recurrent:
+    full = None if model.is_recurrent else max(0, int(model.receptive_field) - 1)
+    if context is not None and context < 0:
+        raise GcnnError(f"context {context}: must be 0 or more")
+    if context is not None and (full is None or context < full):
+        rows = max(1, block_size * batch_size // (context + 1))
+        for inputs, targets in BlockBatcher(tokens, eos_id, 1, rows, context=context).epoch(0):
+            plan = model.plan(targets)
+            inputs, targets = inputs.to(device), targets.to(device)
+            # every row starts from a fresh state: no history beyond the row
+            total -= model.token_log_probs(inputs, targets, plan.to(device)).double().sum()
+            count += plan.count
+    elif model.is_recurrent:
         # batch of one stream: the state runs from the first token to the last
         state = None
         for inputs, targets in StreamBatcher(tokens, eos_id, block_size, 1).epoch(0):
@@ -142,8 +160,7 @@ def corpus_nll(
             total += loss.double()
             count += plan.count
     else:
-        context = max(0, int(model.receptive_field) - 1)
-        batcher = BlockBatcher(tokens, eos_id, block_size, batch_size, context=context)
+        batcher = BlockBatcher(tokens, eos_id, block_size, batch_size, context=full)
         for inputs, targets in batcher.epoch(0):
             plan = model.plan(targets)
             inputs, targets = inputs.to(device), targets.to(device)
@@ -165,13 +182,22 @@ def evaluate_perplexity(
     block_size: int = 512,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    context: int | None = None,
 ) -> PerplexityResult:
-    """Perplexity of `model` on `tokens`; per-word perplexity too for subword tokenizers."""
+    """Perplexity of `model` on `tokens`; per-word perplexity too for subword tokenizers.
+
+    `context`: cut every token's history to `context` + 1 tokens (see `corpus_nll`)."""
     if len(tokens) == 0:
         raise GcnnError("nothing to evaluate: the split has no tokens")
     start = time.perf_counter()
     nll, count = corpus_nll(
-        model, tokens, tokenizer.eos_id, block_size=block_size, batch_size=batch_size, device=device
+        model,
+        tokens,
+        tokenizer.eos_id,
+        block_size=block_size,
+        batch_size=batch_size,
+        device=device,
+        context=context,
     )
     seconds = time.perf_counter() - start
     per_word = words if tokenizer.kind != "word" else None
