@@ -74,6 +74,7 @@ class StudyOptions:
     precisions: list[str] = field(default_factory=lambda: ["bf16", "fp32"])
     repeats: int = 20
     latency_args: list[str] = field(default_factory=list)  # more flags for both latency commands
+    tools: list[str] = field(default_factory=lambda: ["evaluate", "roofline"])  # latency
     only: list[str] = field(default_factory=list)  # variant patterns (fnmatch)
     extra: list[str] = field(default_factory=list)  # flags after `--`
 
@@ -408,29 +409,19 @@ def study_latency(runner: Runner, o: StudyOptions) -> None:
         slug = "-".join(models)
         for precision in o.precisions:
             common = ["--precision", precision, "--threads", "1", "--repeats", str(o.repeats)]
-            info = {"models": models, "precision": precision}
-            runs.append(
-                Run(
-                    "latency",
-                    f"evaluate-{slug}-{precision}",
-                    None,
-                    ["latency", *models, *common, "--json", *o.latency_args],
-                    script="evaluate.py",
-                    label=f"evaluate.py latency, {precision}",
-                    info={**info, "tool": "evaluate"},
+            tools = {
+                "evaluate": ("evaluate.py", ["latency", *models, *common, "--json"]),
+                "roofline": ("benchmarks/bench_roofline.py", ["--models", *models, *common]),
+            }
+            for tool in o.tools:
+                script, args = tools[tool]
+                run_id = f"{tool}-{slug}-{precision}"
+                label = f"{script} {precision}"
+                info = {"models": models, "precision": precision, "tool": tool}
+                args = [*args, *o.latency_args]
+                runs.append(
+                    Run("latency", run_id, None, args, script=script, label=label, info=info)
                 )
-            )
-            runs.append(
-                Run(
-                    "latency",
-                    f"roofline-{slug}-{precision}",
-                    None,
-                    ["--models", *models, *common, *o.latency_args],
-                    script="benchmarks/bench_roofline.py",
-                    label=f"bench_roofline.py, {precision}",
-                    info={**info, "tool": "roofline"},
-                )
-            )
     runner.run(selected(o, runs))
 
 
@@ -579,6 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     p.add_argument("--repeats", type=int, default=20, help="latency: timed repeats")
     p.add_argument(
+        "--tools",
+        nargs="+",
+        default=["evaluate", "roofline"],
+        choices=["evaluate", "roofline"],
+        help="latency: evaluate.py latency and/or benchmarks/bench_roofline.py (CPU only)",
+    )
+    p.add_argument(
         "--latency-args",
         default="",
         help='latency: more flags for both commands, e.g. "--sentence-length 50"',
@@ -644,6 +642,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, StudyOptions, Options]:
         precisions=args.precisions,
         repeats=args.repeats,
         latency_args=shlex.split(args.latency_args),
+        tools=args.tools,
         only=args.only,
         extra=extra,
     )
