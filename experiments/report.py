@@ -284,14 +284,14 @@ def plot_gating(records: list[dict], path: Path) -> None:
     groups = group(records)
     for i, v in enumerate(g for g in GATING_ORDER if g in groups):
         color = f"C{i}"
-        band(ax, groups[v], "update", color, v.upper())
+        band(ax, groups[v], "update", color, NAMES[v])
         if f"{v}-unmatched" in groups:
             band(
                 ax,
                 groups[f"{v}-unmatched"],
                 "update",
                 color,
-                f"{v.upper()} (preset width)",
+                f"{NAMES[v]} (preset width)",
                 dashed=True,
             )
     finish(ax, "update", "validation perplexity (subset)", "Gating: mean and min–max over seeds")
@@ -413,8 +413,8 @@ def plot_norm(records: list[dict], path: Path) -> None:
         for i, v in enumerate(NORM_ORDER):
             if v in by_variant:
                 band(ax, by_variant[v], "update", f"C{i}", v.replace("-", " "))
-        lr = f" lr {best:g}" if optimizer == "nag" and best is not None else ""
-        finish(ax, "update", "validation perplexity (subset)", f"{optimizer.upper()}{lr}", log=True)
+        name = f"NAG, lr {best:g}" if optimizer == "nag" and best is not None else "AdamW"
+        finish(ax, "update", "validation perplexity (subset)", name, log=True)
     save(fig, path)
 
 

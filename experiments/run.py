@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from runner import ROOT, Interrupted, Options, Run, Runner, load_records  # noqa: E402
+from runner import ROOT, Interrupted, Options, Run, Runner, load_records, model_family  # noqa: E402
 
 from gcnn.errors import GcnnError, run_cli  # noqa: E402
 
@@ -44,6 +44,14 @@ ALL = ("gating", "norm", "context", "lstm", "latency")  # `all`: the ~3-hour CPU
 # 2-core CPU (see experiments/README.md); --max-updates / --max-minutes override them.
 UPDATES = {"gating": 200, "norm": 150, "context": 200, "lstm": 300}
 GATED, UNGATED = ("glu", "gtu", "bilinear"), ("relu", "tanh", "linear")
+NAMES = {
+    "glu": "GLU",
+    "gtu": "GTU",
+    "bilinear": "bilinear",
+    "relu": "ReLU",
+    "tanh": "Tanh",
+    "linear": "linear",
+}
 NORM_VARIANTS = {  # name -> flags; clipping at the optimizer's own default (NAG 0.1, AdamW 1.0)
     "both": [],
     "weight-norm-only": ["--clip-norm", "0"],
@@ -98,7 +106,11 @@ def budget_args(o: StudyOptions, default_updates: int | None) -> list[str]:
         args += ["--max-minutes", f"{o.max_minutes:g}"]
     if o.max_epochs is not None:
         args += ["--max-epochs", str(o.max_epochs)]
-    every = max(1, updates // o.valid_points) if updates else 50
+    every = 50
+    if updates:  # the first divisor of the budget that gives at most valid_points validations
+        every = next(
+            d for d in range(math.ceil(updates / o.valid_points), updates + 1) if updates % d == 0
+        )
     # log at every validation, so that training time is known at each point of the curve
     args += ["--valid-every", str(every), "--log-every", str(every)]
     if o.valid_tokens:
@@ -169,10 +181,10 @@ def for_family(args: list[str], family: str) -> list[str]:
     return out
 
 
-def vocab_size(o: StudyOptions) -> int:
+def vocab_size(o: StudyOptions, download: bool = True) -> int:
     from gcnn.data import prepare_corpus
 
-    corpus = prepare_corpus(o.data, splits=("train",), download=True)
+    corpus = prepare_corpus(o.data, splits=("train",), download=download)
     return corpus.tokenizer.vocab_size
 
 
@@ -195,7 +207,7 @@ def study_gating(runner: Runner, o: StudyOptions) -> None:
     args = training_args(o, o.model, "gating")
     runs = []
     for g in GATED + UNGATED:
-        label = g if g in GATED else f"{g} (width x1.41: matched parameters)"
+        label = NAMES[g] if g in GATED else f"{NAMES[g]} (width ×√2: matched parameters)"
         runs += runs_for_seeds(
             o, "gating", g, [*args, "--gating", g], label=label, info={"gating": g, "matched": True}
         )
@@ -206,7 +218,7 @@ def study_gating(runner: Runner, o: StudyOptions) -> None:
             "gating",
             f"{g}-unmatched",
             flags,
-            label=f"{g} (preset width)",
+            label=f"{NAMES[g]} (preset width)",
             info={"gating": g, "matched": False},
         )
     runner.run(selected(o, runs))
@@ -331,9 +343,17 @@ def study_context(runner: Runner, o: StudyOptions) -> None:
 # --- 4. GCNN against LSTM (Tables 2-3, Fig. 2) --------------------------------------------------
 
 
-def matched_lstm_hidden(o: StudyOptions, lstm_overrides: dict) -> tuple[int, int, int]:
-    """(hidden size, LSTM params, GCNN params): the LSTM hidden size with the GCNN's count."""
-    vocab = vocab_size(o)
+def matched_lstm_hidden(o: StudyOptions, lstm_overrides: dict, plan: bool) -> tuple:
+    """(hidden size, LSTM params, GCNN params): the LSTM hidden size with the GCNN's count.
+
+    Needs the corpus' vocabulary; when only planning and the corpus is not there yet (it is
+    downloaded by the first run), the hidden size is left to be solved then."""
+    try:
+        vocab = vocab_size(o, download=not plan)
+    except GcnnError:
+        if not plan:
+            raise
+        return "<matched>", None, None
     gcnn_overrides = model_args(o.extra)
     target = count_params(o.model, vocab, **gcnn_overrides)
     params = lambda h: count_params(o.lstm_model, vocab, **{**lstm_overrides, "hidden_size": h})  # noqa: E731
@@ -353,7 +373,7 @@ def study_lstm(runner: Runner, o: StudyOptions) -> None:
     budget = budget_args(o, UPDATES["lstm"])
     lstm_extra = for_family(o.extra, "lstm")
     lstm_overrides = model_args(lstm_extra)
-    hidden, lstm_params, gcnn_params = matched_lstm_hidden(o, lstm_overrides)
+    hidden, lstm_params, gcnn_params = matched_lstm_hidden(o, lstm_overrides, runner.plan)
     families = {
         "gcnn": ["--data", o.data, "--model", o.model, *budget, *o.extra],
         "lstm": [
@@ -443,41 +463,31 @@ def study_default(runner: Runner, o: StudyOptions) -> None:
     """`python train.py` exactly as a user types it (only --seed and --out added), timed, then the
     exact valid and test perplexity; `python train.py --model lstm-small` beside it."""
     data = [] if o.data == "wikitext-2" else ["--data", o.data]
-    base = [*data, *user_budget(o), *o.extra]
+    commands = {
+        "gcnn-small": ("python train.py", [*data, *user_budget(o), *o.extra]),
+        "lstm-small": (
+            "python train.py --model lstm-small",
+            ["--model", "lstm-small", *data, *user_budget(o), *for_family(o.extra, "lstm")],
+        ),
+    }
     runs = []
     for s in seeds(o, default=1):
-        runs.append(
-            Run("default", "gcnn-small", s, base, label="python train.py", info={"family": "gcnn"})
-        )
-        runs.append(
-            Run(
-                "default",
-                "lstm-small",
-                s,
-                [*base, "--model", "lstm-small"],
-                label="python train.py --model lstm-small",
-                info={"family": "lstm"},
-            )
-        )
+        for variant, (label, args) in commands.items():
+            info = {"family": model_family(variant)}
+            runs.append(Run("default", variant, s, args, label=label, info=info))
     runner.run(selected(o, runs))
 
 
 def study_long(runner: Runner, o: StudyOptions) -> None:
     """The longer CPU recipes (at most 60 minutes each), GCNN and LSTM at the same budget."""
+    data = [] if o.data == "wikitext-2" else ["--data", o.data]
     runs = []
     for s in seeds(o, default=1):
         for family, config in LONG_CONFIGS.items():
-            args = ["--config", config, *user_budget(o), *o.extra]
-            runs.append(
-                Run(
-                    "long",
-                    family,
-                    s,
-                    args,
-                    label=f"python train.py --config {config}",
-                    info={"family": family, "config": config},
-                )
-            )
+            args = ["--config", config, *data, *user_budget(o), *for_family(o.extra, family)]
+            label = f"python train.py --config {config}"
+            info = {"family": family, "config": config}
+            runs.append(Run("long", family, s, args, label=label, info=info))
     runner.run(selected(o, runs))
 
 

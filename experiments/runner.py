@@ -489,7 +489,8 @@ class Runner:
 
         out = self.run_dir(run)
         argv = self.train_argv(run)
-        if (out / "checkpoint_last.pt").exists():
+        resumed = (out / "checkpoint_last.pt").exists()
+        if resumed:
             argv.append("--resume")  # an interrupted run continues where it stopped
         t0 = time.perf_counter()
         rc, _, err = launch("train.py", argv, self.options)
@@ -519,6 +520,7 @@ class Runner:
         last = rows[-1] if rows else {}
         record = {
             "status": status,
+            "resumed": resumed,
             "budget": {k: config.get(k) for k in ("max_updates", "max_minutes", "max_epochs")},
             "done": {
                 "updates": last.get("step", 0),

@@ -80,3 +80,220 @@ def test_context_cuts_history_exactly(trained_tiny_gcnn):
             target[0, -1] = int(tokens[j])
             expected -= float(model.token_log_probs(window, target).sum())
     assert nll == pytest.approx(expected, rel=1e-5)
+
+
+# --- the studies, end to end at toy scale -----------------------------------------------------
+
+TINY = [
+    "--model-arg", "embed_dim=16",
+    "--model-arg", "blocks=[{layers=[[3, 16]], repeat=2}]",
+    "--model-arg", "cutoffs=[20]",
+    "--block-size", "16", "--tokens-per-batch", "64", "--warmup-updates", "2",
+    "--device", "cpu", "--precision", "fp32",
+]  # fmt: skip
+
+
+def study_argv(corpus: Path, root: Path, *studies: str, updates: int = 4) -> list[str]:
+    return [
+        *studies, "--in-process", "--data", str(corpus), "--seeds", "2",
+        "--max-updates", str(updates), "--valid-points", "2",
+        "--records", str(root / "records"), "--runs", str(root / "runs"),
+        "--nag-lrs", "0.5,2", "--lrs", "0.01,0.03", "--kernels", "1,3", "--context-tokens", "60",
+        "--latency-models", "gcnn-small,lstm-small", "--precisions", "fp32", "--repeats", "2",
+        "--latency-args", "--vocab-size 50 --sentence-length 4",
+        "--", *TINY,
+    ]  # fmt: skip
+
+
+def records_of(root: Path, study: str) -> dict[str, dict]:
+    import json
+
+    return {
+        p.stem: json.loads(p.read_text()) for p in sorted((root / "records" / study).glob("*.json"))
+    }
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """Every study once, reduced: 2 seeds, 4 updates of a tiny model on a tiny corpus."""
+    import run
+    from conftest import write_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("studies")
+    corpus = write_synthetic_corpus(root / "tiny")
+    torch.set_num_threads(1)
+    assert run.main(study_argv(corpus, root, "all", "default", "long")) == 0
+    return corpus, root
+
+
+def test_every_study_writes_one_record_per_run(studies):
+    _, root = studies
+    gating = records_of(root, "gating")
+    variants = ["glu", "gtu", "bilinear", "relu", "tanh", "linear"]
+    variants += ["relu-unmatched", "tanh-unmatched", "linear-unmatched"]
+    assert sorted(gating) == sorted(f"{v}-s{s}" for v in variants for s in (1, 2))
+    glu, relu, unmatched = gating["glu-s1"], gating["relu-s1"], gating["relu-unmatched-s1"]
+    assert glu["status"] == "ok" and glu["seed"] == 1 and glu["budget"]["max_updates"] == 4
+    assert glu["done"]["updates"] == 4 and glu["done"]["tokens"] > 0
+    assert [p["update"] for p in glu["curve"]] == [2, 4]  # --valid-points 2
+    assert glu["curve"][0]["train_s"] <= glu["curve"][1]["train_s"]
+    assert glu["curve"][1]["train_flops"] == glu["done"]["tokens"] * glu["flops_per_token"]["train"]
+    assert glu["eval"]["test"]["tokens"] > 0 and glu["eval"]["valid"]["ppl"] > 1
+    assert glu["machine"]["cpu"] and glu["machine"]["torch"] == torch.__version__
+    assert glu["config"]["gating"] == "glu" and glu["config"]["seed"] == 1
+    # ungated: matched parameters by default, the control at the preset's width has fewer
+    assert abs(relu["model"]["params"] - glu["model"]["params"]) < 0.1 * glu["model"]["params"]
+    assert unmatched["model"]["params"] < relu["model"]["params"]
+    assert not (root / "runs" / "gating" / "glu-s1").exists()  # checkpoints go once recorded
+
+    norm = records_of(root, "norm")
+    assert {r["info"]["optimizer"] for r in norm.values()} == {"nag", "adamw"}
+    sweep = [
+        r
+        for r in norm.values()
+        if r["info"].get("variant") == "both" and r["info"]["optimizer"] == "nag"
+    ]
+    assert {r["info"]["lr"] for r in sweep} >= {0.5, 2.0}
+    lr = next(
+        r["info"]["lr"]
+        for r in norm.values()
+        if r["info"]["variant"] == "neither" and r["info"]["optimizer"] == "nag"
+    )
+    assert (
+        len([r for r in norm.values() if r["info"]["optimizer"] == "nag" and r["info"]["lr"] == lr])
+        == 8
+    )
+    assert norm["adamw-neither-s2"]["config"]["clip_norm"] == 0
+    assert norm["adamw-neither-s2"]["model"]["config"]["weight_norm"] is False
+
+    context = records_of(root, "context")
+    assert sorted(context) == ["k1-s1", "k1-s2", "k3-s1", "k3-s2"]
+    assert context["k1-s1"]["model"]["receptive_field"] == 1
+    assert context["k3-s1"]["model"]["receptive_field"] == 5
+    # receptive fields compared at equal convolution sizes: kernel x width^2 kept
+    sizes = [
+        k * c * c for r in context.values() for k, c in r["model"]["config"]["blocks"][0]["layers"]
+    ]
+    assert max(sizes) < 1.05 * min(sizes)
+    curve = context["k3-s1"]["context_curve"]
+    assert [p["history"] for p in curve] == [1, 2, 4, 5]  # ... up to the receptive field
+    assert "context_curve" not in context["k1-s1"]
+
+    lstm = records_of(root, "lstm")
+    families = {r["info"]["family"] for r in lstm.values()}
+    assert families == {"gcnn", "lstm"} and len(lstm) == 2 * 2 + 2  # 2 lrs, + 2nd seed of best
+    info = next(iter(lstm.values()))["info"]
+    assert abs(info["lstm_params"] - info["gcnn_params"]) < 0.05 * info["gcnn_params"]
+    lstm_run = next(r for r in lstm.values() if r["info"]["family"] == "lstm")
+    assert lstm_run["model"]["params"] == info["lstm_params"]
+    assert lstm_run["flops_per_token"]["network"] > 0
+
+    latency = records_of(root, "latency")
+    assert sorted(latency) == [
+        "evaluate-gcnn-small-lstm-small-fp32",
+        "roofline-gcnn-small-lstm-small-fp32",
+    ]
+    assert [x["model"] for x in latency["evaluate-gcnn-small-lstm-small-fp32"]["json"]] == [
+        "gcnn-small",
+        "lstm-small",
+    ]
+    assert "peak GEMM" in latency["roofline-gcnn-small-lstm-small-fp32"]["stdout"]
+
+    default, long = records_of(root, "default"), records_of(root, "long")
+    assert sorted(default) == ["gcnn-small-s1", "gcnn-small-s2", "lstm-small-s1", "lstm-small-s2"]
+    assert default["gcnn-small-s1"]["done"]["process_s"] > 0
+    assert sorted(long) == ["gcnn-s1", "gcnn-s2", "lstm-s1", "lstm-s2"]
+    assert long["gcnn-s1"]["config"]["model_args"]["embed_dim"] == 16  # flags over the recipe
+    assert long["gcnn-s1"]["config"]["dropout"] == 0.25  # ... the rest from the recipe
+
+
+def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(studies, capsys):
+    import run
+
+    corpus, root = studies
+    before = {p: p.stat().st_mtime_ns for p in (root / "records").rglob("*.json")}
+    assert run.main(study_argv(corpus, root, "gating", "norm", "lstm")) == 0
+    assert capsys.readouterr().out.count(" recorded, 0 to do") == 3
+    assert {p: p.stat().st_mtime_ns for p in (root / "records").rglob("*.json")} == before
+
+    # a run stopped before its record: its checkpoint is there, re-running resumes it
+    record = root / "records" / "gating" / "tanh-s2.json"
+    old = records_of(root, "gating")["tanh-s2"]
+    argv = study_argv(corpus, root, "gating")
+    record.unlink()
+    assert run.main([*argv[:1], "--only", "tanh", "--keep-runs", *argv[1:]]) == 0
+    new = records_of(root, "gating")["tanh-s2"]
+    assert new["resumed"] is False  # no checkpoint was kept the first time: trained again
+    assert new["eval"]["test"]["ppl"] == pytest.approx(old["eval"]["test"]["ppl"], rel=1e-6)
+    record.unlink()
+    assert run.main([*argv[:1], "--only", "tanh", *argv[1:]]) == 0
+    resumed = records_of(root, "gating")["tanh-s2"]
+    assert resumed["resumed"] is True and resumed["done"]["updates"] == 4
+    assert resumed["eval"]["test"]["ppl"] == pytest.approx(old["eval"]["test"]["ppl"], rel=1e-6)
+
+
+def test_changed_settings_are_refused_not_mixed(studies, capsys):
+    from run import main
+
+    from gcnn.errors import run_cli
+
+    corpus, root = studies
+    argv = study_argv(corpus, root, "gating", updates=5)
+    assert run_cli(lambda: main(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: record ") and "--records" in err and err.count("\n") == 1
+
+
+def test_dry_run_lists_runs_and_estimates_without_running(tmp_path, capsys):
+    import run
+    from conftest import write_synthetic_corpus
+
+    corpus = write_synthetic_corpus(tmp_path / "tiny", lines=50)
+    argv = study_argv(corpus, tmp_path, "all")
+    assert run.main([argv[0], "--dry-run", *argv[1:]]) == 0
+    out = capsys.readouterr().out
+    assert "gating: 0 run(s) recorded, 18 to do, about" in out
+    assert "nag-neither-lr0.5-s2" in out and "[lr: chosen by the sweep]" in out
+    assert "in all: about" in out
+    assert not (tmp_path / "records").exists() and not (tmp_path / "runs").exists()
+
+
+def test_results_page_from_the_records(studies, tmp_path):
+    import report
+
+    _, root = studies
+    out = tmp_path / "docs" / "results.md"
+    plots = pytest.importorskip("matplotlib") is not None
+    assert report.main(["--records", str(root / "records"), "--out", str(out)]) == 0
+    page = out.read_text()
+    for title in ("1. Gating", "2. Weight normalization", "3. Context", "4. GCNN against LSTM",
+                  "5. Latency", "6. The default run", "7. The longer CPU recipe"):  # fmt: skip
+        assert f"## {title}" in page
+    assert "| GLU | 5,048 | " in page and "| ReLU (preset width) | 3,448 | " in page
+    assert "- Fig. 3: GLU < ReLU in " in page and "- Fig. 5: bilinear < linear in " in page
+    assert "- Machine: " in page and "- Budget: 4 updates of 64 tokens per run" in page
+    assert "--data wikitext-103 --model gcnn-8" in page  # the full-scale command
+    assert (
+        "history k" in page and "Learning-rate sweep" in page and "NAG learning-rate sweep" in page
+    )
+    if plots:
+        for name in ("gating", "norm", "context", "lstm", "latency"):
+            png = out.parent / "img" / f"{name}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"](img/{name}.png)" in page
+
+
+def test_results_page_without_matplotlib(studies, tmp_path, monkeypatch, capsys):
+    import report
+
+    from gcnn.errors import run_cli
+
+    _, root = studies
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "results.md"
+    assert (
+        run_cli(lambda: report.main(["--records", str(root / "records"), "--out", str(out)])) == 2
+    )
+    assert "pip install 'gcnn[plot]'" in capsys.readouterr().err and not out.exists()
+    assert report.main(["--records", str(root / "records"), "--out", str(out), "--no-plots"]) == 0
+    assert "## 1. Gating" in out.read_text() and ".png" not in out.read_text()
