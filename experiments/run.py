@@ -33,7 +33,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from runner import ROOT, Interrupted, Options, Run, Runner, load_records, model_family  # noqa: E402
+from runner import (  # noqa: E402
+    ROOT,
+    Interrupted,
+    Options,
+    Run,
+    Runner,
+    load_records,
+    model_family,
+    train_config,
+)
 
 from gcnn.errors import GcnnError, run_cli  # noqa: E402
 
@@ -184,7 +193,10 @@ def for_family(args: list[str], family: str) -> list[str]:
 def vocab_size(o: StudyOptions, download: bool = True) -> int:
     from gcnn.data import prepare_corpus
 
-    corpus = prepare_corpus(o.data, splits=("train",), download=download)
+    c = train_config(["--data", o.data, *o.extra])  # the tokenizer the runs will use
+    corpus = prepare_corpus(
+        c.data, tokenizer=c.tokenizer, vocab_size=c.vocab_size, splits=("train",), download=download
+    )
     return corpus.tokenizer.vocab_size
 
 
@@ -696,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     runner = Runner(options)
+    runner.total = len(planner.pending)
     try:
         for name in studies:
             STUDY_FUNCTIONS[name](runner, o)

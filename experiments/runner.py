@@ -42,11 +42,13 @@ RECORDS = ROOT / "experiments" / "records"
 RUNS = ROOT / "runs" / "experiments"
 FORMAT = "gcnn-experiment"
 
-# Before any record exists, estimates use these rates, measured on the 2-core AMD EPYC (AVX-512
-# bf16) with gcnn-small / lstm-small on WikiText-2 (docs/training.md): seconds per training token,
-# and seconds for the exact valid + test evaluation of one run. Records replace them.
+# Before any record exists, estimates use these rates: seconds per training token of gcnn-small /
+# lstm-small on WikiText-2, bf16, on the idle 2-core AMD EPYC (docs/training.md: 9,500 and about
+# 25,000 tokens/s), and the seconds a run spends besides training (start-up, validations, the
+# exact valid + test evaluation; an LSTM scores one stream at batch 1) - a guess until the first
+# records of a machine replace both.
 FALLBACK_RATE = {"gcnn": 1 / 9500, "lstm": 1 / 20000}
-FALLBACK_EVAL_S = {"gcnn": 40.0, "lstm": 150.0}
+FALLBACK_EVAL_S = {"gcnn": 30.0, "lstm": 90.0}
 FALLBACK_COMMAND_S = 90.0
 
 
@@ -389,6 +391,8 @@ class Runner:
         self.plan = plan
         self.pending: dict[tuple[str, str], Run] = {}  # (study, run id) -> run, in order
         self.done: dict[tuple[str, str], Run] = {}
+        self.total = 0  # runs to make in all (from the plan), for the progress line
+        self.made = 0
         self._machine: dict | None = None
 
     @property
@@ -422,9 +426,10 @@ class Runner:
         for run in runs:
             record = self.existing(run)
             if record is None and not self.plan:
-                print(
-                    f"\n=== {run.study} {run.run_id}: {shlex.join(self.command(run))}", flush=True
-                )
+                self.made += 1
+                step = f"[{self.made}/{self.total}] " if self.total else ""
+                command = shlex.join(self.command(run))
+                print(f"\n=== {step}{run.study} {run.run_id}: {command}", flush=True)
                 record = self.execute(run)
                 write_json(self.record_path(run), record)
                 print(
