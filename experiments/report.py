@@ -70,6 +70,10 @@ def spread(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f} ({min(values):.1f}–{max(values):.1f})"
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def mean(values: list[float]) -> float:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.mean(values) if values else math.nan
@@ -176,7 +180,7 @@ def budget(records: list[dict]) -> str:
     return (
         f"{' or '.join(limits) or 'train.py defaults'} of {c['tokens_per_batch']:,} tokens per run "
         f"(median {tokens / 1e6:.2f}M tokens, {epochs:.2f} epochs; {minutes:.1f} min per run with "
-        f"its evaluation), {len(trained)} runs; curves on "
+        f"its evaluation), {plural(len(trained), 'run')}; curves on "
         f"{f'the first {valid:,}' if valid else 'all'} validation tokens, final figures exact on "
         f"every token ({counts or 'no evaluation'})"
     )
@@ -466,13 +470,10 @@ def section_context(records: list[dict], plots: dict) -> list[str]:
             h: [next(p["ppl"] for p in r["context_curve"] if p["history"] == h) for r in base]
             for h in histories
         }
+        where = f"the first {tokens:,} test tokens" if tokens else "every test token"
         lines += [
-            f"**(b) One model (the preset, {len(base)} seeds) scored with its history cut to k "
-            "tokens** (exact: every token sees exactly k previous tokens; the first "
-            f"{tokens:,} test tokens):"
-            if tokens
-            else f"**(b) One model ({len(base)} seeds) scored with its history cut to k tokens** "
-            "(exact, all test tokens):",
+            f"**(b) One model (the preset, {plural(len(base), 'seed')}) scored with its history "
+            f"cut to k tokens** (exact: every token sees exactly k previous tokens; {where}):",
             "",
         ]
         lines += table(["history k", "test ppl"], [[str(h), spread(per[h])] for h in histories]) + [

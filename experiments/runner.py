@@ -253,13 +253,9 @@ def flops_per_token(model, config: dict, train_tokens: np.ndarray) -> dict:
     counts = np.bincount(np.asarray(train_tokens), minlength=softmax.vocab_size)
     tail = 0.0
     for i, layers in enumerate(softmax.tails):
-        lo, hi = softmax.bounds[i], softmax.bounds[i + 1]
-        share = counts[lo:hi].sum() / max(1, counts.sum())
-        tail += (
-            share
-            * 2
-            * sum(m.in_features * m.out_features for m in layers if hasattr(m, "in_features"))
-        )
+        share = counts[softmax.bounds[i] : softmax.bounds[i + 1]].sum() / max(1, counts.sum())
+        linears = [m for m in layers if isinstance(m, torch.nn.Linear)]
+        tail += share * 2 * sum(m.in_features * m.out_features for m in linears)
     forward = network + head + tail
     return {
         "network": network,

@@ -297,3 +297,39 @@ def test_results_page_without_matplotlib(studies, tmp_path, monkeypatch, capsys)
     assert "pip install 'gcnn[plot]'" in capsys.readouterr().err and not out.exists()
     assert report.main(["--records", str(root / "records"), "--out", str(out), "--no-plots"]) == 0
     assert "## 1. Gating" in out.read_text() and ".png" not in out.read_text()
+
+
+def test_training_flops_count_context_and_only_the_tails_targets_need():
+    from runner import flops_per_token
+
+    tiny = {"embed_dim": 8, "cutoffs": [4, 8], "tail_factor": 2}
+    gcnn = build_model("gcnn-small", 12, blocks=[{"layers": [[3, 8]], "repeat": 2}], **tiny)
+    lstm = build_model("lstm-small", 12, hidden_size=8, **tiny)
+    train = np.array([0, 1, 2, 3] * 2 + [4, 5, 6, 7] + [8, 9, 10, 11] * 2)  # 8 head, 4 + 8 tails
+    for model in (gcnn, lstm):
+        head = model.softmax.flops_per_token(full=False)
+        network = model.flops_per_token(full_softmax=False) - head
+        # tail i: d -> d/2^(i+1) -> 4 words; 4 of 20 targets in tail 0, 8 in tail 1
+        tails = [2 * (8 * 4 + 4 * 4), 2 * (8 * 2 + 2 * 4)]
+        expected_tail = 4 / 20 * tails[0] + 8 / 20 * tails[1]
+        f = flops_per_token(model, {"block_size": 16, "context": 4}, train)
+        scale = 1.0 if model.is_recurrent else (16 + 4) / 16  # a GCNN also runs its context
+        assert f["network"] == pytest.approx(network * scale)
+        assert f["head"] == head and f["tail"] == pytest.approx(expected_tail)
+        assert f["train"] == pytest.approx(3 * (network * scale + head + expected_tail))
+
+
+def test_training_time_excludes_validations():
+    from runner import validation_curve
+
+    rows = [  # 100 tokens/s while training; validations take wall time the curve must drop
+        {"step": 2, "tokens": 200, "train_loss": 5.0, "tokens_per_s": 100.0, "wall_s": 2.0},
+        {"step": 2, "tokens": 200, "valid_ppl": 90.0, "wall_s": 12.0},
+        {"step": 4, "tokens": 400, "train_loss": 4.0, "tokens_per_s": 100.0, "wall_s": 14.0},
+        {"step": 4, "tokens": 400, "valid_ppl": 70.0, "wall_s": 24.0},
+        {"step": 5, "tokens": 500, "valid_ppl": 65.0, "wall_s": 35.0},  # after the last log
+    ]
+    curve = validation_curve(rows, train_flops_per_token=10.0)
+    assert [p["train_s"] for p in curve] == [2.0, 4.0, 5.0]
+    assert [p["wall_s"] for p in curve] == [12.0, 24.0, 35.0]
+    assert [p["train_flops"] for p in curve] == [2000.0, 4000.0, 5000.0]
