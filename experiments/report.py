@@ -286,9 +286,10 @@ def plot_gating(records: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups = group(records)
+    finals = []
     for i, v in enumerate(g for g in GATING_ORDER if g in groups):
         color = f"C{i}"
-        band(ax, groups[v], "update", color, NAMES[v])
+        finals.append(band(ax, groups[v], "update", color, NAMES[v]))
         if f"{v}-unmatched" in groups:
             band(
                 ax,
@@ -299,6 +300,7 @@ def plot_gating(records: list[dict], path: Path) -> None:
                 dashed=True,
             )
     finish(ax, "update", "validation perplexity (subset)", "Gating: mean and min–max over seeds")
+    clip_top(ax, finals)
     save(fig, path)
 
 
@@ -414,11 +416,13 @@ def plot_norm(records: list[dict], path: Path) -> None:
             rs = [r for r in rs if r["info"].get("lr") == best]
         by_variant = group(rs, key="label")
         by_variant = {g[0]["info"]["variant"]: g for g in by_variant.values()}
+        finals = []
         for i, v in enumerate(NORM_ORDER):
             if v in by_variant:
-                band(ax, by_variant[v], "update", f"C{i}", v.replace("-", " "))
+                finals.append(band(ax, by_variant[v], "update", f"C{i}", v.replace("-", " ")))
         name = f"NAG, lr {best:g}" if optimizer == "nag" and best is not None else "AdamW"
         finish(ax, "update", "validation perplexity (subset)", name, log=True)
+        clip_top(ax, finals)
     save(fig, path)
 
 
@@ -673,13 +677,16 @@ def plot_lstm(records: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     main = lstm_main(records)
+    finals = []
     for i, (_, rs) in enumerate(sorted(main.items())):
+        label = f"{rs[0]['model']['name']} (lr {rs[0]['info']['lr']:g})"
         for ax, key in zip(axes, ("tokens", "train_s", "train_flops"), strict=True):
-            band(ax, rs, key, f"C{i}", f"{rs[0]['model']['name']} (lr {rs[0]['info']['lr']:g})")
+            finals.append(band(ax, rs, key, f"C{i}", label))
     for ax, xlabel in zip(
         axes, ("training tokens", "training time (s)", "training FLOPs"), strict=True
     ):
         finish(ax, xlabel, "validation perplexity (subset)", "", log=True)
+        clip_top(ax, finals)
     save(fig, path)
 
 
@@ -851,18 +858,36 @@ def pyplot():
     return plt
 
 
-def band(ax, records: list[dict], key: str, color: str, label: str, dashed: bool = False) -> None:
-    """Mean curve over seeds with a min–max band; x is the mean of `key` at each validation."""
+def band(ax, records: list[dict], key: str, color: str, label: str, dashed: bool = False):
+    """Mean curve over seeds with a min–max band (x: the mean of `key` at each validation);
+    stops where a run diverged. Returns (first mean, last mean, lowest value) for `clip_top`."""
     curves = [r["curve"] for r in records if r.get("curve")]
     if not curves:
-        return
+        return None
     n = min(len(c) for c in curves)
-    xs = [statistics.mean(c[i][key] for c in curves) for i in range(n)]
-    ys = [[c[i]["valid_ppl"] for c in curves] for i in range(n)]
-    ax.plot(
-        xs, [statistics.mean(y) for y in ys], color=color, label=label, ls="--" if dashed else "-"
-    )
+    xs, ys = [], []
+    for i in range(n):
+        values = [c[i]["valid_ppl"] for c in curves]
+        if not all(v is not None and math.isfinite(v) for v in values):
+            break
+        xs.append(statistics.mean(c[i][key] for c in curves))
+        ys.append(values)
+    if not xs:
+        return None
+    means = [statistics.mean(y) for y in ys]
+    ax.plot(xs, means, color=color, label=label, ls="--" if dashed else "-")
     ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.15)
+    return means[0], means[-1], min(min(y) for y in ys)
+
+
+def clip_top(ax, ends: list) -> None:
+    """y limits that show the curves after their first points: the top at the highest first
+    point or 3x the median final perplexity, whichever is lower (a diverging run leaves the plot
+    at the top). `ends`: what `band` returned."""
+    ends = [e for e in ends if e is not None]
+    if ends:
+        top = min(max(e[0] for e in ends), 3 * statistics.median(e[1] for e in ends))
+        ax.set_ylim(0.95 * min(e[2] for e in ends), max(top, 1.05 * min(e[1] for e in ends)))
 
 
 def errorbars(ax, xs, values, color) -> None:
@@ -879,8 +904,12 @@ def finish(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
-    if log:
+    if log:  # plain numbers (50, 60, 100), not 5×10^1
+        from matplotlib.ticker import LogFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.grid(alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
