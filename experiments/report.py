@@ -12,7 +12,6 @@ unless --no-plots is given, which leaves the plots out of the page.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from runner import ROOT, describe_machine, load_records  # noqa: E402
+from runner import ROOT, Parser, describe_machine, load_records  # noqa: E402
 
 from gcnn.errors import GcnnError, run_cli  # noqa: E402
 
@@ -121,19 +120,18 @@ def interp_log(x: float, xs: list[float], ys: list[float]) -> float:
     """Perplexity at x by linear interpolation of log-perplexity (clamped at the ends)."""
     if x <= xs[0]:
         return ys[0]
-    for (x0, y0), (x1, y1) in zip(
-        zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=False
-    ):
-        if x0 <= x <= x1:
-            t = 0 if x1 == x0 else (x - x0) / (x1 - x0)
-            return math.exp((1 - t) * math.log(y0) + t * math.log(y1))
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            t = (x - xs[i - 1]) / max(xs[i] - xs[i - 1], 1e-12)
+            return math.exp((1 - t) * math.log(ys[i - 1]) + t * math.log(ys[i]))
     return ys[-1]
 
 
-def group(records: list[dict], key: str = "variant") -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
+def group(records: list[dict], key="variant") -> dict:
+    """{key: records}; `key` names a record field or is a function of the record."""
+    out: dict = defaultdict(list)
     for r in records:
-        out[r[key]].append(r)
+        out[key(r) if callable(key) else r[key]].append(r)
     return dict(out)
 
 
@@ -310,22 +308,24 @@ NORM_ORDER = ["both", "weight-norm-only", "clipping-only", "neither"]
 
 
 def norm_sweep(records: list[dict]) -> tuple[list[dict], float | None]:
+    """The NAG sweep (seed 1, weight norm + clipping) by lr, and the lr it chose."""
     sweep = [
         r
         for r in records
-        if r["info"].get("optimizer") == "nag"
-        and r["info"].get("variant") == "both"
-        and r["seed"] == 1
+        if r["info"].get("optimizer") == "nag" and r["info"]["variant"] == "both" and r["seed"] == 1
     ]
-    lrs = sorted({r["info"]["lr"] for r in sweep})
-    best = None
-    scored = [
-        (valid_ppl(r) if r.get("status") == "ok" and valid_ppl(r) else math.inf, r["info"]["lr"])
-        for r in sweep
-    ]
-    if scored:
-        best = min(scored)[1]
-    return sorted(sweep, key=lambda r: r["info"]["lr"]), best if lrs else None
+    sweep.sort(key=lambda r: r["info"]["lr"])
+    scored = [(by_seed([r], valid_ppl)[1], r["info"]["lr"]) for r in sweep]
+    return sweep, min(scored)[1] if scored else None
+
+
+def norm_runs(records: list[dict], optimizer: str, lr: float | None) -> dict[str, list[dict]]:
+    """{variant: records} of one optimizer (NAG: at the chosen lr), in NORM_ORDER."""
+    runs = [r for r in records if r["info"].get("optimizer") == optimizer]
+    if optimizer == "nag":
+        runs = [r for r in runs if r["info"].get("lr") == lr]
+    groups = group(runs, key=lambda r: r["info"]["variant"])
+    return {v: groups[v] for v in NORM_ORDER if v in groups}
 
 
 def section_norm(records: list[dict], plots: dict) -> list[str]:
@@ -363,18 +363,11 @@ def section_norm(records: list[dict], plots: dict) -> list[str]:
         ("nag", "NAG (momentum 0.99, clip 0.1)"),
         ("adamw", "AdamW (the small presets' recipe, clip 1.0)"),
     ):
-        rs = [r for r in records if r["info"].get("optimizer") == optimizer]
-        if optimizer == "nag":
-            rs = [r for r in rs if r["info"].get("lr") == best]
-        if not rs:
+        by_variant = norm_runs(records, optimizer, best)
+        if not by_variant:
             continue
-        groups = group(rs, key="label")
-        by_variant = {g[0]["info"]["variant"]: g for g in groups.values()}
         rows = []
-        for v in NORM_ORDER:
-            if v not in by_variant:
-                continue
-            g = by_variant[v]
+        for v, g in by_variant.items():
             diverged = sum(r.get("status") != "ok" for r in g)
             rows.append(
                 [
@@ -411,15 +404,10 @@ def plot_norm(records: list[dict], path: Path) -> None:
     _, best = norm_sweep(records)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, optimizer in zip(axes, ("nag", "adamw"), strict=True):
-        rs = [r for r in records if r["info"].get("optimizer") == optimizer]
-        if optimizer == "nag":
-            rs = [r for r in rs if r["info"].get("lr") == best]
-        by_variant = group(rs, key="label")
-        by_variant = {g[0]["info"]["variant"]: g for g in by_variant.values()}
         finals = []
-        for i, v in enumerate(NORM_ORDER):
-            if v in by_variant:
-                finals.append(band(ax, by_variant[v], "update", f"C{i}", v.replace("-", " ")))
+        for v, runs in norm_runs(records, optimizer, best).items():
+            color = f"C{NORM_ORDER.index(v)}"
+            finals.append(band(ax, runs, "update", color, v.replace("-", " ")))
         name = f"NAG, lr {best:g}" if optimizer == "nag" and best is not None else "AdamW"
         finish(ax, "update", "validation perplexity (subset)", name, log=True)
         clip_top(ax, finals)
@@ -990,7 +978,7 @@ def build_page(records_dir: Path, out: Path, img_dir: Path | None) -> tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python experiments/report.py", description=__doc__.splitlines()[0])
     p.add_argument("--records", default=str(ROOT / "experiments" / "records"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--img", default=None, help="plot directory (default: img/ next to --out)")

@@ -37,6 +37,7 @@ from runner import (  # noqa: E402
     ROOT,
     Interrupted,
     Options,
+    Parser,
     Run,
     Runner,
     load_records,
@@ -535,14 +536,9 @@ def int_list(text: str) -> list[int]:
         ) from None
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise GcnnError(f"{message} (see `python experiments/run.py --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
-        prog="experiments/run.py",
+        prog="python experiments/run.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
@@ -618,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(ROOT / "runs" / "experiments"),
         help="scratch directory for run directories (checkpoints)",
     )
+    p.add_argument(
+        "--eval-device", default="auto", help="exact evaluation: cpu, cuda or auto (cuda if any)"
+    )
     p.add_argument("--keep-runs", action="store_true", help="keep checkpoints after the record")
     p.add_argument(
         "--launch", default="", help='train.py launcher, e.g. "torchrun --nproc_per_node 4"'
@@ -643,6 +642,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, StudyOptions, Options]:
         raise GcnnError("--valid-tokens and --context-tokens must be 0 or more")
     if not args.kernels or min(args.kernels) < 1 or not args.lrs or not args.nag_lrs:
         raise GcnnError("--kernels, --lrs and --nag-lrs need positive values")
+    if args.eval_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise GcnnError(f"--eval-device {args.eval_device}: no CUDA device; use cpu or auto")
+    elif args.eval_device not in ("auto", "cpu"):
+        raise GcnnError(f"--eval-device {args.eval_device}: choose auto, cpu or cuda")
     data = args.data
     if Path(data).exists():  # a corpus directory: absolute, since train.py runs in the repository
         data = str(Path(data).resolve())
@@ -672,6 +678,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, StudyOptions, Options]:
         records=Path(args.records).resolve(),
         runs=Path(args.runs).resolve(),
         in_process=args.in_process,
+        eval_device=args.eval_device,
         keep_runs=args.keep_runs,
         launch=shlex.split(args.launch),
     )

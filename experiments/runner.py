@@ -15,6 +15,7 @@ was interrupted continues from its checkpoint_last.pt (train.py --resume).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import importlib
@@ -99,8 +100,16 @@ class Options:
     in_process: bool = False  # run train.py etc. in this process (tests); default: subprocesses
     keep_runs: bool = False  # keep run directories (checkpoints) after the record is written
     launch: list[str] = field(default_factory=list)  # e.g. ["torchrun", "--nproc_per_node", "4"]
+    eval_device: str = "auto"  # the exact evaluation's device; auto: cuda if there is one
     eval_batch_size: int = 8
     eval_block_size: int = 512
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `error:` line and exit status 2 (GcnnError + run_cli)."""
+
+    def error(self, message: str):
+        raise GcnnError(f"{message} (see `{self.prog} --help`)")
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -311,7 +320,11 @@ def exact_perplexity(model, tokenizer, data: str, splits, contexts, context_toke
     from gcnn.evaluation.perplexity import check_vocabulary
 
     files = find_split_files(resolve_corpus(data))
-    kwargs = {"block_size": options.eval_block_size, "batch_size": options.eval_batch_size}
+    kwargs = {
+        "block_size": options.eval_block_size,
+        "batch_size": options.eval_batch_size,
+        "device": next(model.parameters()).device,
+    }
     results, curve = {}, []
     for split in dict.fromkeys([*splits, *(["test"] if contexts else [])]):
         if split not in files:
@@ -508,7 +521,12 @@ class Runner:
             )
         rows = read_metrics(out / "metrics.jsonl")
         best = out / "checkpoint_best.pt"
-        model, tokenizer, ckpt = load_model(best if best.exists() else out / "checkpoint_last.pt")
+        device = self.options.eval_device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tokenizer, ckpt = load_model(
+            best if best.exists() else out / "checkpoint_last.pt", device=device
+        )
         config = ckpt["train_config"]
         corpus = prepare_corpus(
             config["data"],
