@@ -82,8 +82,9 @@ class Run:
         return self.script == "train.py"
 
     def spec(self) -> dict:
-        """What makes two runs the same run: a record is reused only if its spec is equal."""
-        return {
+        """What makes two runs the same run (see `spec_diff`). For training, the settings
+        train.py resolves from the flags too: a changed default or recipe file is a new run."""
+        spec = {
             "script": self.script,
             "args": list(self.args),
             "seed": self.seed,
@@ -91,6 +92,31 @@ class Run:
             "contexts": list(self.contexts),
             "context_tokens": self.context_tokens,
         }
+        if self.is_training:
+            config = train_config([*self.args, "--seed", str(self.seed)]).to_dict()
+            spec["config"] = {k: v for k, v in config.items() if k not in UNSPECIFIC}
+        return spec
+
+
+# Settings that do not change what a run computes.
+UNSPECIFIC = ("out", "resume", "progress", "tensorboard", "log_every", "save_every")
+
+
+def spec_diff(recorded: dict, wanted: dict) -> str:
+    """ "" if a record made with `recorded` is the run `wanted`, else what differs. Settings that
+    the record does not know (added to train.py since) are not counted."""
+    diffs = []
+    for key in sorted(set(recorded) | set(wanted)):
+        old, new = recorded.get(key), wanted.get(key)
+        if key == "config" and isinstance(old, dict) and isinstance(new, dict):
+            diffs += [
+                f"{k}: recorded {old[k]!r}, now {new[k]!r}"
+                for k in old
+                if k in new and old[k] != new[k]
+            ]
+        elif old != new:
+            diffs.append(f"{key}: recorded {old!r}, now {new!r}")
+    return "; ".join(diffs)
 
 
 @dataclass
@@ -421,11 +447,12 @@ class Runner:
             record = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             raise GcnnError(f"record {path} is not valid JSON; delete it to redo the run") from None
-        if record.get("spec") != run.spec():
+        diff = spec_diff(record.get("spec") or {}, run.spec())
+        if diff:
             raise GcnnError(
                 f"record {path} was made with other settings than this study asks for "
-                f"({_spec_diff(record.get('spec') or {}, run.spec())}); keep it by choosing "
-                "another --records directory, or delete it to redo the run"
+                f"({diff[:300]}); keep it by choosing another --records directory, or delete it "
+                "to redo the run"
             )
         return record
 
@@ -629,11 +656,6 @@ def estimate_run(run: Run, known: list[dict]) -> tuple[float, str]:
     if math.isinf(seconds):  # epochs only: assume WikiText-2's 2.09M training tokens per epoch
         seconds = (config.max_epochs or 1) * 2_088_628 * rate
     return seconds + overhead, source
-
-
-def _spec_diff(old: dict, new: dict) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return "; ".join(f"{k}: recorded {old.get(k)!r}, now {new.get(k)!r}" for k in keys)[:400]
 
 
 def _last_line(text: str) -> str:

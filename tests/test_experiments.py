@@ -3,6 +3,7 @@ its records; plus the truncated-history evaluation (`context=`) the context stud
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -106,8 +107,6 @@ def study_argv(corpus: Path, root: Path, *studies: str, updates: int = 4) -> lis
 
 
 def records_of(root: Path, study: str) -> dict[str, dict]:
-    import json
-
     return {
         p.stem: json.loads(p.read_text()) for p in sorted((root / "records" / study).glob("*.json"))
     }
@@ -242,6 +241,23 @@ def test_changed_settings_are_refused_not_mixed(studies, capsys):
     assert run_cli(lambda: main(argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: record ") and "--records" in err and err.count("\n") == 1
+
+    # what train.py resolves counts too (a changed default or recipe file), not just the flags;
+    # settings the record predates do not
+    path = root / "records" / "gating" / "glu-s1.json"
+    original = path.read_text()
+    record = json.loads(original)
+    try:
+        record["spec"]["config"]["weight_decay"] = 0.5
+        path.write_text(json.dumps(record))
+        assert run_cli(lambda: main(study_argv(corpus, root, "gating"))) == 2
+        assert "weight_decay: recorded 0.5, now 0.01" in capsys.readouterr().err
+        del record["spec"]["config"]["weight_decay"]
+        path.write_text(json.dumps(record))
+        assert main(study_argv(corpus, root, "gating", "--only", "glu")) == 0
+        assert " recorded, 0 to do" in capsys.readouterr().out
+    finally:
+        path.write_text(original)
 
 
 def test_dry_run_lists_runs_and_estimates_without_running(tmp_path, capsys):
