@@ -477,15 +477,19 @@ def study_default(runner: Runner, o: StudyOptions) -> None:
     exact valid and test perplexity; `python train.py --model lstm-small` beside it."""
     data = [] if o.data == "wikitext-2" else ["--data", o.data]
     commands = {
-        "gcnn-small": ("python train.py", [*data, *user_budget(o), *o.extra]),
-        "lstm-small": (
-            "python train.py --model lstm-small",
-            ["--model", "lstm-small", *data, *user_budget(o), *for_family(o.extra, "lstm")],
-        ),
+        "gcnn-small": [*data, *user_budget(o), *o.extra],
+        "lstm-small": [
+            "--model",
+            "lstm-small",
+            *data,
+            *user_budget(o),
+            *for_family(o.extra, "lstm"),
+        ],
     }
     runs = []
     for s in seeds(o, default=1):
-        for variant, (label, args) in commands.items():
+        for variant, args in commands.items():
+            label = shlex.join(["python", "train.py", *args])
             info = {"family": model_family(variant)}
             runs.append(Run("default", variant, s, args, label=label, info=info))
     runner.run(selected(o, runs))
@@ -498,7 +502,7 @@ def study_long(runner: Runner, o: StudyOptions) -> None:
     for s in seeds(o, default=1):
         for family, config in LONG_CONFIGS.items():
             args = ["--config", config, *data, *user_budget(o), *for_family(o.extra, family)]
-            label = f"python train.py --config {config}"
+            label = shlex.join(["python", "train.py", *args])
             info = {"family": family, "config": config}
             runs.append(Run("long", family, s, args, label=label, info=info))
     runner.run(selected(o, runs))
