@@ -103,8 +103,8 @@ UNSPECIFIC = ("out", "resume", "progress", "tensorboard", "log_every", "save_eve
 
 
 def spec_diff(recorded: dict, wanted: dict) -> str:
-    """ "" if a record made with `recorded` is the run `wanted`, else what differs. Settings that
-    the record does not know (added to train.py since) are not counted."""
+    """What differs between a record's spec and the run asked for (empty: the same run).
+    Settings that the record does not know (added to train.py since) are not counted."""
     diffs = []
     for key in sorted(set(recorded) | set(wanted)):
         old, new = recorded.get(key), wanted.get(key)
