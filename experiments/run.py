@@ -175,19 +175,20 @@ def for_family(args: list[str], family: str) -> list[str]:
     from gcnn.models.config import CONFIGS
 
     known = {f.name for f in dataclasses.fields(CONFIGS[family])}
+    gcnn_only = ("--gating", "--weight-norm", "--no-weight-norm")
     out, i = [], 0
     while i < len(args):
-        flag = args[i]
-        if flag == "--model-arg" and i + 1 < len(args):
-            if args[i + 1].partition("=")[0].strip() in known:
-                out += args[i : i + 2]
-            i += 2
-            continue
-        if family == "lstm" and flag in ("--gating", "--weight-norm", "--no-weight-norm"):
-            i += 2 if flag == "--gating" else 1
-            continue
-        out.append(flag)
-        i += 1
+        flag, value = args[i].partition("=")[::2]
+        takes_value = flag in ("--model-arg", "--gating") and not value
+        if takes_value and i + 1 < len(args):
+            value = args[i + 1]
+        n = 2 if takes_value else 1
+        keep = not (family == "lstm" and flag in gcnn_only)
+        if flag == "--model-arg":
+            keep = value.partition("=")[0].strip() in known
+        if keep:
+            out += args[i : i + n]
+        i += n
     return out
 
 

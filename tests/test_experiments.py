@@ -349,3 +349,14 @@ def test_training_time_excludes_validations():
     assert [p["train_s"] for p in curve] == [2.0, 4.0, 5.0]
     assert [p["wall_s"] for p in curve] == [12.0, 24.0, 35.0]
     assert [p["train_flops"] for p in curve] == [2000.0, 4000.0, 5000.0]
+
+
+def test_flags_after_dashes_reach_each_family_only_where_they_apply():
+    from run import for_family
+
+    flags = ["--model-arg", "embed_dim=16", "--model-arg=blocks=[]", "--gating", "relu",
+             "--no-weight-norm", "--lr", "0.1", "--model-arg", "hidden_size=3"]  # fmt: skip
+    assert for_family(flags, "lstm") == [
+        "--model-arg", "embed_dim=16", "--lr", "0.1", "--model-arg", "hidden_size=3"
+    ]  # fmt: skip
+    assert for_family(flags, "gcnn") == flags[:-2]
