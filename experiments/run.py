@@ -161,11 +161,9 @@ def best_lr(records: list[dict], lrs: list[float]) -> float | None:
 
 def model_args(args: list[str]) -> dict:
     """The model options these train.py flags set (--model-arg KEY=VALUE, --dropout, ...)."""
-    from gcnn.training.config import compose, parse_flags
     from gcnn.training.trainer import model_overrides
 
-    config_file, flags = parse_flags(args)
-    return model_overrides(compose(flags, config_file))
+    return model_overrides(train_config(args))
 
 
 def for_family(args: list[str], family: str) -> list[str]:

@@ -261,7 +261,8 @@ def train_config(args: list[str]):
     from gcnn.training.trainer import resolve
 
     config_file, flags = parse_flags(args)
-    return resolve(compose(flags, config_file))
+    with contextlib.chdir(ROOT):  # where train.py runs: --config paths are relative to it
+        return resolve(compose(flags, config_file))
 
 
 def model_family(preset: str) -> str:
