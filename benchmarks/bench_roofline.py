@@ -2,20 +2,26 @@
 
     python benchmarks/bench_roofline.py [--models gcnn-8b lstm-2048] [--precision bf16|fp32]
 
-Scoring one sentence exactly costs a GCNN at least its multiply-adds (network + adaptive-softmax
-head, over all tokens at once) divided by the fastest matrix-multiply rate this machine reaches.
-An LSTM must in addition walk the tokens one by one: each step is a matrix-vector product with its
-recurrent weights, so T steps cost at least T of them. This script measures, in one run:
+Scoring one sentence exactly is a chain of matrix products, and each of them takes at least the
+longer of two times: its multiply-adds at the machine's best matrix-product rate, and its weights
+read from memory at the machine's best read bandwidth (at a sentence's few rows, reading the
+weights is usually the longer: a softmax tail of 593,471 words is 38 MB in bf16, read for one
+row). A GCNN's bound is that sum over its layers; an LSTM must in addition walk the tokens one by
+one, each step a matrix-vector product with its recurrent weights. This script measures, in one
+run:
 
-1. the machine's peak: the best GFLOP/s of a large GEMM at the chosen precision;
-2. each model's work for a T-token sentence (`flops_per_token` with only the softmax head) and the
-   resulting lower bound on its latency: FLOPs / peak;
+1. the machine's peaks: the best GFLOP/s of a large GEMM and the best GB/s of reading a large
+   tensor, at the chosen precision and threads;
+2. each model's work for a T-token sentence: FLOPs and weight bytes of the network, the softmax
+   head, and each tail weighted by how often a sentence needs it (the same two-regime word
+   frequencies the latency sentences are drawn from), and the bound that follows;
 3. for an LSTM, the time of one recurrent step done as torch's matrix-vector products, times T;
 4. each model's real latency (`evaluate.py latency`'s prepared model and scoring call, batch 1).
 
-The ratio "LSTM measured / GCNN bound" is the most any implementation of the GCNN could gain over
-the LSTM as measured, without changing the work (exact scoring, same precision and threads).
-Random weights, the presets' own vocabularies (Table 4's GBW vocabulary for gcnn-8b / lstm-2048).
+"LSTM measured / GCNN bound" is the most any implementation of the GCNN could gain over the LSTM
+as measured, without changing the work (exact scoring, same precision and threads); "GCNN
+measured / GCNN bound" says how close the GCNN is to its own limit. Random weights, the presets'
+own vocabularies (Table 4's GBW vocabulary for gcnn-8b / lstm-2048).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from gcnn.evaluation.latency import (
     prepare_for_inference,
     random_sentences,
     scoring_fn,
+    word_rank_probs,
 )
 
 
@@ -58,6 +65,12 @@ def peak_gflops(dtype: torch.dtype) -> float:
     return best
 
 
+def peak_read_gbs(dtype: torch.dtype) -> float:
+    """The best rate of reading a 256 MB tensor once (a sum): how fast weights stream in."""
+    x = torch.ones((256 << 20) // torch.finfo(dtype).bits * 8, dtype=dtype)
+    return x.numel() * x.element_size() / best_seconds(lambda: x.sum(), repeats=5) / 1e9
+
+
 def recurrent_step_seconds(model, dtype: torch.dtype) -> float | None:
     """One LSTM time step's sequential part, batch 1: h @ W_hh^T (+ projection) per layer."""
     lstm = getattr(model, "lstm", None)
@@ -66,6 +79,26 @@ def recurrent_step_seconds(model, dtype: torch.dtype) -> float | None:
     mats = [p for name, p in lstm.named_parameters() if name.startswith(("weight_hh", "weight_hr"))]
     vecs = [torch.randn(1, w.shape[1], dtype=dtype) for w in mats]
     return best_seconds(lambda: [F.linear(v, w) for v, w in zip(vecs, mats, strict=True)])
+
+
+def sentence_work(model, length: int) -> list[tuple[str, float, float]]:
+    """(part, FLOPs, weight elements read) of scoring one `length`-token sentence, expected over
+    sentences: the network and the head always, each tail as often as a sentence needs it."""
+    softmax = model.softmax
+    d = softmax.in_features
+    head = d * softmax.head.out_features
+    body_flops = length * (model.flops_per_token(full_softmax=False) - 2 * head)
+    softmax_ids = {id(p) for p in softmax.parameters()}
+    embed = model.embed.weight.numel()  # a lookup reads `length` rows, not the table
+    body_weights = sum(p.numel() for p in model.parameters() if id(p) not in softmax_ids) - embed
+    parts = [("network", body_flops, body_weights), ("head", 2.0 * length * head, head)]
+    probs = word_rank_probs(softmax.vocab_size)
+    for i, tail in enumerate(softmax.tails):
+        share = float(probs[softmax.bounds[i] : softmax.bounds[i + 1]].sum())
+        used = 1 - (1 - share) ** length  # how often a sentence has a word in this cluster
+        size = sum(m.in_features * m.out_features for m in tail if hasattr(m, "in_features"))
+        parts.append((f"tail {i}", 2.0 * length * share * size, used * size))
+    return parts
 
 
 def main(argv=None) -> int:
@@ -86,42 +119,46 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
     dtype, length = PRECISIONS[args.precision], args.sentence_length
 
-    peak = peak_gflops(dtype)
+    peak, bandwidth = peak_gflops(dtype), peak_read_gbs(dtype)
+    size = torch.finfo(dtype).bits // 8
     print(
-        f"{args.precision}, {args.threads} thread(s), {length}-token sentences; "
-        f"peak GEMM rate measured: {peak:.0f} GFLOP/s\n"
+        f"{args.precision}, {args.threads} thread(s), {length}-token sentences; measured peaks: "
+        f"{peak:.0f} GFLOP/s (large GEMM), {bandwidth:.1f} GB/s (reading a 256 MB tensor)\n"
     )
     models = []
     for spec in args.models:
         name, model = load_for_latency(spec, args.vocab_size, "cpu")
-        # the head-only count: a lower bound (tails add work for the rows that need them)
-        flops = length * model.flops_per_token(full_softmax=False)
-        network = flops - length * model.softmax.flops_per_token(full=False)
+        work = sentence_work(model, length)
         model = prepare_for_inference(model, dtype, "cpu")
-        models.append((name, model, flops, network))
+        models.append((name, model, work))
 
     calls = []
-    for _, model, _, _ in models:
+    for _, model, _ in models:
         vocab = model.softmax.vocab_size
         sentences = random_sentences(vocab, args.repeats, length, seed=0)
         calls.append(scoring_fn(model, sentences.view(args.repeats, 1, length)))
     timings = interleaved_timings(calls, args.repeats, warmup=3, device="cpu")
 
     print(
-        "| model | GFLOP / sentence | of which network | bound: FLOPs at peak (ms) "
-        "| recurrence alone (ms) | measured (ms) |"
+        "| model | GFLOP / sentence | MB of weights read | bound: FLOPs (ms) | bound: bytes (ms) "
+        "| bound: roofline (ms) | recurrence alone (ms) | measured (ms) | of its bound |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
-    for (name, model, flops, network), timing in zip(models, timings, strict=True):
-        bound = flops / (peak * 1e9)
+    for (name, model, work), timing in zip(models, timings, strict=True):
+        flops = sum(f for _, f, _ in work)
+        mbytes = sum(w for _, _, w in work) * size / 1e6
+        by_flops, by_bytes = flops / (peak * 1e9), mbytes / (bandwidth * 1e3)
+        # each part is bound by whichever is slower for it, its FLOPs or its weights
+        bound = sum(max(f / (peak * 1e9), w * size / (bandwidth * 1e9)) for _, f, w in work)
         step = recurrent_step_seconds(model, dtype)
         recurrence = None if step is None else length * step
         rows.append((name, model.family, bound, recurrence, timing.median))
         rec = "–" if recurrence is None else f"{1e3 * recurrence:.2f}"
         print(
-            f"| {name} | {flops / 1e9:.2f} | {network / 1e9:.2f} | {1e3 * bound:.2f} | {rec} | "
-            f"{1e3 * timing.median:.2f} |"
+            f"| {name} | {flops / 1e9:.2f} | {mbytes:,.0f} | {1e3 * by_flops:.2f} | "
+            f"{1e3 * by_bytes:.2f} | {1e3 * bound:.2f} | {rec} | {1e3 * timing.median:.2f} | "
+            f"{timing.median / bound:.1f}x |"
         )
     print()
     for g in (r for r in rows if r[1] == "gcnn"):
