@@ -80,10 +80,10 @@ class CausalConv1d(nn.Conv1d):
 
 def gate(x: torch.Tensor, gating: str) -> torch.Tensor:
     """The non-linearity of one layer. Gated variants split the 2c channels into halves a, b."""
+    if gating == "glu":  # gated linear unit: a linear path modulated by a sigmoid gate
+        return F.glu(x, dim=1)  # = a * sigmoid(b) for halves a, b: one kernel each way
     if gating in GATED:
         a, b = x.chunk(2, dim=1)
-        if gating == "glu":  # gated linear unit: a linear path modulated by a sigmoid gate
-            return F.glu(x, dim=1)  # = a * sigmoid(b), fused in one kernel each way
         if gating == "gtu":  # gated tanh unit (LSTM-style, as in PixelCNN / WaveNet)
             return torch.tanh(a) * torch.sigmoid(b)
         return a * b  # bilinear: (X*W + b) (x) (X*V + c)
