@@ -20,8 +20,11 @@ implementation happens to do.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +32,7 @@ import torch
 
 from gcnn.errors import GcnnError, run_cli
 from gcnn.models import PRESETS, build_model
-from gcnn.precision import cpu_name
+from gcnn.precision import choose_precision, cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_port import plain_port  # noqa: E402
@@ -171,6 +174,10 @@ def measure(
     flops = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         calls[f"matmul {precision}"], flops[precision] = matmul_fn(dtype, device)
+    # what --precision auto would pick here, measured the way the trainer measures it (before
+    # the timing below, which then says whether that pick was the faster one)
+    with tempfile.TemporaryDirectory() as cache, _env("GCNN_CACHE", cache):
+        auto = choose_precision(ours, inputs, targets, "train")
     seconds = interleaved(calls, rounds, device)
     peak = {p: flops[p] / seconds[f"matmul {p}"] for p in flops}
     return {
@@ -178,6 +185,7 @@ def measure(
         "seconds": seconds,
         "peak": peak,
         "model_flops": useful_flops(ours, targets.cpu()),
+        "auto": auto,
         "tokens": rows * block,
     }
 
@@ -203,7 +211,30 @@ def report(result: dict) -> list[str]:
                 f"| {who} | {precision} | {1e3 * t:,.0f} | {result['tokens'] / t:,.0f} "
                 f"| {100 * flops / t / best:.0f}% | {ratio} |"
             )
+    t = {p: s[f"gcnn {p}"] for p in ("fp32", "bf16")}
+    best = min(t, key=t.get)
+    lines.append(
+        f"--precision auto picked {result['auto']}: "
+        + (
+            "the faster one in this run"
+            if result["auto"] == best
+            else f"{100 * (t[result['auto']] / t[best] - 1):.1f}% slower than {best} in this run"
+        )
+    )
     return lines
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def main(argv: list[str] | None = None) -> int:
