@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,18 +75,36 @@ def test_overwrite_keeps_a_complete_file(tmp_path, tiny_corpus):
     assert load_checkpoint(path)["step"] == 4
 
 
+def ran_on_load(marker: str) -> int:
+    """What a malicious checkpoint would do, harmlessly: leave a file behind when unpickled."""
+    Path(marker).write_text("pickled code ran")
+    return 0
+
+
+class RunsCodeOnLoad:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (ran_on_load, (self.marker,))
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "pickled", "foreign", "missing"])
 def test_bad_files_give_one_line_errors(tmp_path, tiny_corpus, damage):
     _, _, ckpt = make_ckpt(tiny_corpus)
     path = tmp_path / "c.pt"
     save_checkpoint(path, ckpt)
     data = path.read_bytes()
+    marker = tmp_path / "pickled-code-ran"
     if damage == "garbage":
         path.write_bytes(b"not a checkpoint at all")
     elif damage == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif damage == "pickled":
-        torch.save({"format": "gcnn", "version": 1, "evil": np.arange(3)}, path)
+        # A complete, valid gcnn checkpoint plus one entry whose unpickling runs code: a full
+        # pickle load (weights_only=False) would return it without complaint and leave the
+        # marker file; only the weights-only refusal gives the "pickled Python objects" error.
+        torch.save({**ckpt, "extra": RunsCodeOnLoad(marker)}, path)
     elif damage == "foreign":
         torch.save({"weights": torch.zeros(2)}, path)
     else:
@@ -94,6 +113,9 @@ def test_bad_files_give_one_line_errors(tmp_path, tiny_corpus, damage):
         load_checkpoint(path)
     message = str(err.value)
     assert str(path) in message and "\n" not in message
+    if damage == "pickled":
+        assert "pickled Python objects" in message and "ran_on_load" in message
+        assert not marker.exists()  # refused before any pickled code could run
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path, tiny_corpus):

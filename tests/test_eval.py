@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from conftest import write_synthetic_corpus
 
 from gcnn.checkpoint import model_checkpoint, save_checkpoint
 from gcnn.data import IGNORE_INDEX, prepare_corpus
+from gcnn.data.corpus import find_split_files, open_binary
 from gcnn.evaluation.cli import main
 from gcnn.evaluation.perplexity import corpus_nll, tokenize_split
 from gcnn.evaluation.sampling import SamplingConfig, sample
@@ -141,11 +143,19 @@ def test_perplexity_cli_json(checkpoint, corpus, capsys):
 
 
 def test_tokenize_split_matches_the_pipeline_on_wikitext2(wikitext2_dir, tmp_path):
-    """Full WikiText-2 test split through the checkpoint's tokenizer: 245,569 tokens, no OOV."""
+    """Full WikiText-2 test split through the checkpoint's tokenizer: 245,569 tokens, no OOV,
+    whether the file is stored compressed or not (both layouts are accepted corpora)."""
     corpus = prepare_corpus(wikitext2_dir, cache_dir=tmp_path / "cache", splits=("test",))
-    split = tokenize_split(corpus.tokenizer, wikitext2_dir / "wiki.test.tokens.xz")
-    assert len(split.tokens) == 245_569 and split.oov == 0
-    assert np.array_equal(split.tokens, corpus.splits["test"])  # same ids as the data pipeline
+    stored = find_split_files(wikitext2_dir)["test"]
+    plain = tmp_path / "plain" / "wiki.test.tokens"
+    plain.parent.mkdir()
+    with open_binary(stored) as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    for directory in (wikitext2_dir, plain.parent):
+        split = tokenize_split(corpus.tokenizer, find_split_files(directory)["test"])
+        assert len(split.tokens) == 245_569 and split.oov == 0, directory
+        # same ids as the data pipeline
+        assert np.array_equal(split.tokens, corpus.splits["test"]), directory
 
 
 @pytest.fixture

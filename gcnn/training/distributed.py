@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 
 import torch
@@ -60,6 +61,15 @@ def init_distributed(config: TrainConfig) -> tuple[Dist, torch.device]:
     if d.enabled and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # Import torch._dynamo BEFORE the process group exists. DistributedDataParallel imports
+        # it lazily, and importing it while a group exists leaves ~10 references to that group
+        # inside dynamo (torch 2.13), so destroy_process_group() cannot free the group: its gloo
+        # worker threads then live on into interpreter shutdown, where one of them, releasing
+        # the tensors of the last collective (whose Python objects need the GIL), aborts the
+        # process ("terminate called without an active exception", SIGABRT after a successful
+        # run). With dynamo imported first, destroy_process_group() frees the group and joins
+        # its threads while the interpreter is still alive.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return d, device
 
