@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import gc
 import io
 import json
 import math
@@ -902,6 +903,7 @@ class MetricsLog:
             raise (self.fault(err) if self.fault else err) from None
 
     def close(self) -> None:
+        self.fault = None  # the trainer's bound method: drop the reference cycle with it
         with writing(self.path, "metrics log"):
             self.file.close()
 
@@ -942,4 +944,9 @@ def train(config: TrainConfig, resume_ckpt: dict | None = None) -> dict:
         return Trainer(config, resume_ckpt).fit()
     finally:
         if started_here and dist.is_initialized():
+            # The trainer holds the process group (through DDP); if anything keeps it in a
+            # reference cycle (an exception's traceback, say), only the garbage collector frees
+            # it, and a group that outlives destroy_process_group() keeps gloo's threads alive
+            # into interpreter shutdown, where they abort the process (see init_distributed).
+            gc.collect()
             dist.destroy_process_group()
