@@ -74,9 +74,19 @@ def useful_flops(model, targets: torch.Tensor) -> float:
 
 
 def optimizer_for(model, kind: str):
+    """The plain port's optimizer: torch.optim's defaults, as ports use them."""
     if kind == "nag":
         return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.99, nesterov=True)
     return torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def trainer_optimizer(model, kind: str, device: str):
+    """gcnn's own: what the trainer builds (fused AdamW, no decay on gains and biases)."""
+    from gcnn.training.config import TrainConfig
+    from gcnn.training.optim import make_optimizer
+
+    config = TrainConfig(optimizer=kind, lr=0.1 if kind == "nag" else 1e-3, weight_decay=0.01)
+    return make_optimizer(model, config, torch.device(device))
 
 
 def gcnn_step(model, inputs, targets, bf16: bool, optimizer, loss_fn=None):
@@ -160,9 +170,8 @@ def measure(
     if compile_model:  # the trainer's --compile: the loss compiled as one graph per precision
         compiled = torch.compile(ours.loss)
         for precision in precisions:
-            step = gcnn_step(
-                ours, inputs, targets, precision == "bf16", optimizer_for(ours, opt), compiled
-            )
+            optimizer = trainer_optimizer(ours, opt, device)
+            step = gcnn_step(ours, inputs, targets, precision == "bf16", optimizer, compiled)
             calls[f"gcnn+compile {precision}"] = step
     if plain:
         torch.manual_seed(0)
