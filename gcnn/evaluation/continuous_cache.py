@@ -98,12 +98,13 @@ class ContinuousCache:
         self.capacity = max(self.sizes)
         self.keys: torch.Tensor | None = None  # (M, D) hidden states, M <= capacity
         self.words: torch.Tensor | None = None  # (M,) the word that followed each
+        self._bands: dict = {}
 
     def _attend(self, hidden: torch.Tensor, targets: torch.Tensor):
         """Dot products of the block's queries with every key any of them may see, then push.
 
-        Returns dots (T, M + T), the keys' words (M + T,) and each query's and key's stream
-        position (relative), so that query t sees key j iff t − size <= j < t.
+        Returns dots (T, M + T) against [the M cached keys; the block itself], those keys'
+        words (M + T,) and M.
         """
         hidden = hidden.float()
         if self.keys is None:
@@ -114,20 +115,33 @@ class ContinuousCache:
         dots = hidden @ keys.T
         keep = keys.size(0) - min(self.capacity, keys.size(0))
         self.keys, self.words = keys[keep:], words[keep:]
-        device = hidden.device
-        query = torch.arange(past, past + hidden.size(0), device=device).unsqueeze(1)
-        key = torch.arange(keys.size(0), device=device).unsqueeze(0)
-        return dots, words, query, key
+        return dots, words, past
+
+    def _band(self, queries: int, past: int, size: int, device) -> tuple[torch.Tensor, ...]:
+        """(visible, invisible, empty) for T queries after M cached keys: query t (stream
+        position M + t in key coordinates) sees key j iff M + t − size <= j < M + t.
+
+        Every full block after the first ones has the same (T, M), so the masks are memoised.
+        """
+        index = (queries, past, size, str(device))
+        if index not in self._bands:
+            if len(self._bands) > 16:
+                self._bands.clear()
+            query = torch.arange(past, past + queries, device=device).unsqueeze(1)
+            key = torch.arange(past + queries, device=device).unsqueeze(0)
+            visible = (key >= query - size) & (key < query)
+            self._bands[index] = (visible, ~visible, ~visible.any(dim=1))
+        return self._bands[index]
 
     @staticmethod
-    def _centred(dots: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    def _centred(dots: torch.Tensor, invisible: torch.Tensor) -> torch.Tensor:
         """h_t·h_i − max over the visible keys of row t, −inf on the invisible keys.
 
         exp(θ × this) keeps exp in range (θ h·h reaches hundreds). A term more than ~87 nats
         below the row's largest underflows to 0; that changes a mixed probability only where
         p_model itself is below 1e-38.
         """
-        masked = dots.masked_fill(~visible, -math.inf)
+        masked = dots.masked_fill(invisible, -math.inf)
         top = masked.amax(dim=1, keepdim=True).clamp_min(torch.finfo(dots.dtype).min)
         return masked - top
 
@@ -143,17 +157,17 @@ class ContinuousCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log p_cache(targets) (sizes, thetas, T) (−inf: target not in the cache), and empty
         (sizes, T): True where the cache held nothing (p = p_model there)."""
-        dots, words, query, key = self._attend(hidden, targets)
-        hit = words.unsqueeze(0) == targets.unsqueeze(1)  # the key's word is the query's target
+        dots, words, past = self._attend(hidden, targets)
         T = len(targets)
+        # the few (query, key) pairs whose key's word is the query's target: summed sparsely
+        hit_rows, hit_cols = (words.unsqueeze(0) == targets.unsqueeze(1)).nonzero(as_tuple=True)
         out = torch.empty(len(self.sizes), len(self.thetas), T, device=dots.device)
         empty = torch.empty(len(self.sizes), T, dtype=torch.bool, device=dots.device)
         for s, size in enumerate(self.sizes):
-            visible = (key >= query - size) & (key < query)
-            empty[s] = ~visible.any(dim=1)
-            centred = self._centred(dots, visible)
-            # the few (query, key) pairs whose word is the target: summed sparsely
-            rows, cols = (hit & visible).nonzero(as_tuple=True)
+            visible, invisible, empty[s] = self._band(T, past, size, dots.device)
+            seen = visible[hit_rows, hit_cols]
+            rows, cols = hit_rows[seen], hit_cols[seen]
+            centred = self._centred(dots, invisible)
             for k, theta in enumerate(self.thetas):
                 weights = self._weights(centred, visible, theta)
                 total = weights.sum(dim=1)
@@ -167,9 +181,9 @@ class ContinuousCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The full p_cache (T, vocab_size) for the first size and θ (rows of zeros where the
         cache is empty, flagged by the second output), then push; for sampling and tests."""
-        dots, words, query, key = self._attend(hidden, targets)
-        visible = (key >= query - self.sizes[0]) & (key < query)
-        weights = self._weights(self._centred(dots, visible), visible, self.thetas[0])
+        dots, words, past = self._attend(hidden, targets)
+        visible, invisible, _ = self._band(len(targets), past, self.sizes[0], dots.device)
+        weights = self._weights(self._centred(dots, invisible), visible, self.thetas[0])
         total = weights.sum(dim=1, keepdim=True)
         empty = total.squeeze(1) == 0
         probs = weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
