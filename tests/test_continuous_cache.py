@@ -226,6 +226,7 @@ def test_cli_tune_cache(checkpoint, corpus, capsys):
     )
     assert result["valid"]["tokens"] == len(corpus.splits["valid"])
     assert result["test"]["tokens"] == len(corpus.splits["test"])
+    assert set(result["test"]) == {"loss", "perplexity", "tokens", "tokens_per_s", "no_cache"}
     # the chosen point is the best of the grid on valid
     model = tiny_model("gcnn", corpus.tokenizer.vocab_size)
     valid, eos = corpus.splits["valid"], corpus.tokenizer.eos_id

@@ -182,9 +182,14 @@ def _perplexity_with_cache(args, model, tokenizer, directory, files, device) -> 
         if valid_result is None:
             print(json.dumps(result.to_json()))
         else:
-            strip = lambda r: {k: v for k, v in r.to_json().items() if k != "cache"}  # noqa: E731
+            # valid's time is the whole grid's pass, not the cost of one setting: left out
+            valid_json = valid_result.to_json()
+            test_json = result.to_json()
+            for key in ("cache", "tokens_per_s"):
+                valid_json.pop(key)
+            test_json.pop("cache")
             out = {"cache": config.to_json(), "grid": tuned.grid_json()}
-            print(json.dumps({**out, "valid": strip(valid_result), "test": strip(result)}))
+            print(json.dumps({**out, "valid": valid_json, "test": test_json}))
         return 0
     settings = f"size {config.size}, theta {config.theta:g}, lambda {config.lam:g}"
     if valid_result is not None:

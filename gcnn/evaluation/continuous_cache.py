@@ -41,10 +41,10 @@ from gcnn.evaluation.perplexity import PerplexityResult
 
 # Grave et al.'s cache size for WikiText-2 (they report 100, 500 and 2,000).
 DEFAULT_SIZE = 2000
-# θ multiplies raw dot products, so its useful range depends on the hidden states' norm
-# (docs/evaluation.md lists ‖h‖² for the small presets); the grid spans two decades.
-DEFAULT_THETAS = (0.003, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
-DEFAULT_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
+# θ multiplies raw dot products, so its useful range depends on the hidden states' norm: ‖h‖² is
+# ≈50 for a trained gcnn-small (docs/evaluation.md). Log-spaced over two decades; λ up to 0.5.
+DEFAULT_THETAS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
+DEFAULT_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 
 @dataclass(frozen=True)
