@@ -218,6 +218,12 @@ def test_cli_tune_cache(checkpoint, corpus, capsys):
     code, out, _ = run_main(argv + ["--json"], capsys)
     result = json.loads(out)
     assert result["grid"] == {"sizes": [10, 50], "thetas": [0.1, 1.0], "lambdas": [0.1, 0.3]}
+    model = tiny_model("gcnn", corpus.tokenizer.vocab_size)
+    valid, eos = corpus.splits["valid"], corpus.tokenizer.eos_id
+    hidden, _ = one_pass(model, valid, eos)
+    assert result["valid_mean_sq_norm"] == pytest.approx(
+        hidden.pow(2).sum(1).mean().item(), rel=1e-5
+    )
     chosen = result["cache"]
     assert (
         chosen["size"] in (10, 50)
@@ -228,8 +234,6 @@ def test_cli_tune_cache(checkpoint, corpus, capsys):
     assert result["test"]["tokens"] == len(corpus.splits["test"])
     assert set(result["test"]) == {"loss", "perplexity", "tokens", "tokens_per_s", "no_cache"}
     # the chosen point is the best of the grid on valid
-    model = tiny_model("gcnn", corpus.tokenizer.vocab_size)
-    valid, eos = corpus.splits["valid"], corpus.tokenizer.eos_id
     for size in (10, 50):
         for theta in (0.1, 1.0):
             for lam in (0.1, 0.3):

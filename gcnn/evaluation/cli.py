@@ -189,6 +189,7 @@ def _perplexity_with_cache(args, model, tokenizer, directory, files, device) -> 
                 valid_json.pop(key)
             test_json.pop("cache")
             out = {"cache": config.to_json(), "grid": tuned.grid_json()}
+            out["valid_mean_sq_norm"] = tuned.mean_sq_norm
             print(json.dumps({**out, "valid": valid_json, "test": test_json}))
         return 0
     settings = f"size {config.size}, theta {config.theta:g}, lambda {config.lam:g}"
@@ -197,6 +198,7 @@ def _perplexity_with_cache(args, model, tokenizer, directory, files, device) -> 
             f"{len(tuned.sizes)} sizes x {len(tuned.thetas)} thetas x {len(tuned.lambdas)} lambdas"
         )
         print(f"continuous cache tuned on {directory.name} valid ({grid}): {settings}")
+        print(f"valid: mean squared norm of the hidden states {tuned.mean_sq_norm:.1f}")
         _print_cache_result("valid", valid_result)
     else:
         print(f"continuous cache: {settings}")

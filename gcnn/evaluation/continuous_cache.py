@@ -244,6 +244,7 @@ class GridScores:
     sizes: list[int]
     thetas: list[float]
     seconds: float
+    mean_sq_norm: float  # mean ‖h‖² of the hidden states: the scale θ multiplies
 
     def log_probs(self, size_index: int, theta_index: int, lam: float) -> torch.Tensor:
         return mix(self.model, self.cache[size_index, theta_index], self.empty[size_index], lam)
@@ -267,10 +268,12 @@ def grid_scores(
     start = time.perf_counter()
     cache = ContinuousCache(sizes, thetas)
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    sq_norm = 0.0
     stream = model_stream(
         model, tokens, eos_id, block_size=block_size, batch_size=batch_size, device=device
     )
     for hidden, targets, log_probs in stream:
+        sq_norm += float(hidden.float().pow(2).sum())
         # the GCNN yields batch_size blocks at once; score block_size queries at a time so the
         # (T, size + T) score matrices stay small
         for lo in range(0, len(targets), block_size):
@@ -287,6 +290,7 @@ def grid_scores(
         sizes=cache.sizes,
         thetas=cache.thetas,
         seconds=time.perf_counter() - start,
+        mean_sq_norm=sq_norm / len(tokens),
     )
 
 
@@ -416,6 +420,7 @@ class TuneResult:
     lambdas: list[float]
     valid_nll: np.ndarray  # (sizes, thetas, lambdas) total validation NLL, nats
     valid: CacheResult
+    mean_sq_norm: float  # mean ‖h‖² over the validation split
 
     def grid_json(self) -> dict:
         return {"sizes": self.sizes, "thetas": self.thetas, "lambdas": self.lambdas}
@@ -463,4 +468,5 @@ def tune_cache(
         lambdas=lambdas,
         valid_nll=nll,
         valid=_split_results(scores, s, k, config.lam, config, per_word),
+        mean_sq_norm=scores.mean_sq_norm,
     )
