@@ -215,6 +215,7 @@ def test_cli_tune_cache(checkpoint, corpus, capsys):
     assert code == 0
     assert "continuous cache tuned on tiny valid (2 sizes x 2 thetas x 2 lambdas): size " in out
     assert out.count("without the cache") == 2  # valid and test
+    assert "valid: size 10: perplexity " in out and "valid: size 50: perplexity " in out
     code, out, _ = run_main(argv + ["--json"], capsys)
     result = json.loads(out)
     assert result["grid"] == {"sizes": [10, 50], "thetas": [0.1, 1.0], "lambdas": [0.1, 0.3]}
@@ -233,6 +234,11 @@ def test_cli_tune_cache(checkpoint, corpus, capsys):
     assert result["valid"]["tokens"] == len(corpus.splits["valid"])
     assert result["test"]["tokens"] == len(corpus.splits["test"])
     assert set(result["test"]) == {"loss", "perplexity", "tokens", "tokens_per_s", "no_cache"}
+    by_size = result["valid_best_by_size"]
+    assert [row["size"] for row in by_size] == [10, 50]
+    best = min(by_size, key=lambda row: row["perplexity"])
+    assert best["perplexity"] == pytest.approx(result["valid"]["perplexity"], rel=1e-9)
+    assert (best["theta"], best["lambda"]) == (chosen["theta"], chosen["lambda"])
     # the chosen point is the best of the grid on valid
     for size in (10, 50):
         for theta in (0.1, 1.0):

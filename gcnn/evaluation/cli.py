@@ -190,6 +190,7 @@ def _perplexity_with_cache(args, model, tokenizer, directory, files, device) -> 
             test_json.pop("cache")
             out = {"cache": config.to_json(), "grid": tuned.grid_json()}
             out["valid_mean_sq_norm"] = tuned.mean_sq_norm
+            out["valid_best_by_size"] = tuned.best_by_size()
             print(json.dumps({**out, "valid": valid_json, "test": test_json}))
         return 0
     settings = f"size {config.size}, theta {config.theta:g}, lambda {config.lam:g}"
@@ -199,6 +200,12 @@ def _perplexity_with_cache(args, model, tokenizer, directory, files, device) -> 
         )
         print(f"continuous cache tuned on {directory.name} valid ({grid}): {settings}")
         print(f"valid: mean squared norm of the hidden states {tuned.mean_sq_norm:.1f}")
+        if len(tuned.sizes) > 1:
+            for row in tuned.best_by_size():
+                print(
+                    f"valid: size {row['size']}: perplexity {row['perplexity']:.2f} "
+                    f"(theta {row['theta']:g}, lambda {row['lambda']:g})"
+                )
         _print_cache_result("valid", valid_result)
     else:
         print(f"continuous cache: {settings}")

@@ -425,6 +425,23 @@ class TuneResult:
     def grid_json(self) -> dict:
         return {"sizes": self.sizes, "thetas": self.thetas, "lambdas": self.lambdas}
 
+    def best_by_size(self) -> list[dict]:
+        """For each cache size: its best θ and λ and the validation perplexity they give."""
+        tokens = self.valid.cache.tokens
+        rows = []
+        for s, size in enumerate(self.sizes):
+            k, j = np.unravel_index(int(np.argmin(self.valid_nll[s])), self.valid_nll[s].shape)
+            ppl = math.exp(self.valid_nll[s, k, j] / tokens)
+            rows.append(
+                {
+                    "size": size,
+                    "theta": self.thetas[k],
+                    "lambda": self.lambdas[j],
+                    "perplexity": ppl,
+                }
+            )
+        return rows
+
 
 def tune_cache(
     model: torch.nn.Module,
