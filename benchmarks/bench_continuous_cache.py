@@ -55,14 +55,10 @@ def models_and_tokens(checkpoints: list[str], split: str):
 
     files = find_split_files(resolve_corpus("wikitext-2"))
     for path in checkpoints:
-        model, tokenizer, _ = load_model(path)
+        model, tokenizer, ckpt = load_model(path)
         tokens = tokenize_split(tokenizer, files[split]).tokens
-        yield (
-            f"{model.config_dict().get('preset', model.family)} ({path})",
-            model,
-            tokenizer,
-            tokens,
-        )
+        preset = (ckpt.get("train_config") or {}).get("model") or model.family
+        yield f"{preset} ({path})", model, tokenizer, tokens
 
 
 def main() -> None:
@@ -86,8 +82,11 @@ def main() -> None:
     options = dict(block_size=args.block_size, batch_size=args.batch_size)
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"cache: size {config.size}, theta {config.theta:g}, lambda {config.lam:g}; ")
-    print(f"blocks of {args.block_size} x {args.batch_size}; median of {args.repeats} rounds\n")
+    print(
+        f"cache: size {config.size}, theta {config.theta:g}, lambda {config.lam:g}; "
+        f"blocks of {args.block_size} x {args.batch_size}; {args.split} split; "
+        f"median of {args.repeats} rounds\n"
+    )
     print("| model | tokens | without cache (tok/s) | with cache (tok/s) | with / without |")
     print("|---|---:|---:|---:|---:|")
     for name, model, tokenizer, tokens in models_and_tokens(args.checkpoints, args.split):
