@@ -46,9 +46,8 @@ DEFAULT_SIZE = 2000
 DEFAULT_THETAS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
 DEFAULT_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 # Queries scored per matrix product. A piece of T queries is scored against size + T keys, of
-# which each query sees `size`: small pieces waste less outside that band, and the product still
-# runs at the machine's peak GEMM rate at 128 (1.2x the cache's speed of 512-query pieces on
-# this project's CPU). Results do not depend on it.
+# which each query sees `size`: small pieces waste less outside that band, and at 128 the
+# product is still large enough to run at full GEMM speed. Results do not depend on it.
 QUERY_BLOCK = 128
 
 
