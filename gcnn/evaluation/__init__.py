@@ -1,4 +1,5 @@
-"""Evaluation: exact perplexity, sentence scoring, sampling and the GCNN-vs-LSTM latency table.
+"""Evaluation: exact perplexity (optionally with a continuous cache), sentence scoring, sampling
+and the GCNN-vs-LSTM latency table.
 
 The library API behind the `gcnn-evaluate` subcommands. Names resolve lazily (as in `gcnn`), so
 that `gcnn.evaluation.cli` starts fast and each subcommand imports only what it needs.
@@ -13,6 +14,12 @@ _EXPORTS = {
     "corpus_nll": "gcnn.evaluation.perplexity",
     "evaluate_perplexity": "gcnn.evaluation.perplexity",
     "tokenize_split": "gcnn.evaluation.perplexity",
+    "CacheConfig": "gcnn.evaluation.continuous_cache",
+    "ContinuousCache": "gcnn.evaluation.continuous_cache",
+    "cache_log_probs": "gcnn.evaluation.continuous_cache",
+    "cache_next_word_log_probs": "gcnn.evaluation.continuous_cache",
+    "evaluate_with_cache": "gcnn.evaluation.continuous_cache",
+    "tune_cache": "gcnn.evaluation.continuous_cache",
     "SentenceScore": "gcnn.evaluation.scoring",
     "score_lines": "gcnn.evaluation.scoring",
     "score_token_ids": "gcnn.evaluation.scoring",
