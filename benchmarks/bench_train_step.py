@@ -250,7 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/bench_train_step.py", description=__doc__
     )
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["gcnn-small", "gcnn-8"],
+        choices=list(SHAPES),
+        help="default: the CPU shapes (gcnn-14 is for a GPU: benchmarks/gpu_check.sh)",
+    )
     parser.add_argument(
         "--vocab-size",
         type=int,
