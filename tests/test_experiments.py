@@ -203,7 +203,7 @@ def test_every_study_writes_one_record_per_run(studies):
     assert default["gcnn-small-s1"]["done"]["process_s"] > 0
     assert sorted(long) == ["gcnn-s1", "gcnn-s2", "lstm-s1", "lstm-s2"]
     assert long["gcnn-s1"]["config"]["model_args"]["embed_dim"] == 16  # flags over the recipe
-    assert long["gcnn-s1"]["config"]["dropout"] == 0.25  # ... the rest from the recipe
+    assert long["gcnn-s1"]["config"]["dropout"] == 0.35  # ... the rest from the recipe
 
 
 def test_rerun_skips_finished_runs_and_resumes_interrupted_ones(studies, capsys):
