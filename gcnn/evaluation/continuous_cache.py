@@ -42,8 +42,9 @@ from gcnn.evaluation.perplexity import PerplexityResult
 # Grave et al.'s cache size for WikiText-2 (they report 100, 500 and 2,000).
 DEFAULT_SIZE = 2000
 # θ multiplies raw dot products, so its useful range depends on the hidden states' norm: ‖h‖² is
-# ≈50 for a trained gcnn-small (docs/evaluation.md). Log-spaced over two decades; λ up to 0.5.
-DEFAULT_THETAS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
+# ≈37–70 for a trained gcnn-small, ≈8–23 for lstm-small (docs/evaluation.md), and the best θ was
+# 0.15–0.3 and 0.5–1 respectively. Log-spaced over two and a half decades; λ up to 0.5.
+DEFAULT_THETAS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 DEFAULT_LAMBDAS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 # Queries scored per matrix product. A piece of T queries is scored against size + T keys, of
 # which each query sees `size`: small pieces waste less outside that band, and at 128 the
