@@ -359,6 +359,8 @@ def section_norm(records: list[dict], plots: dict) -> list[str]:
             "",
         ]
         lines += table(["lr", "status", "valid ppl", ""], rows) + [""]
+        warning = edge_warning("NAG", best, [r["info"]["lr"] for r in sweep])
+        lines += warning + ([""] if warning else [])
     for optimizer, name in (
         ("nag", "NAG (momentum 0.99, clip 0.1)"),
         ("adamw", "AdamW (the small presets' recipe, clip 1.0)"),
@@ -547,6 +549,17 @@ def lstm_choice(records: list[dict]) -> dict[str, float]:
     return best
 
 
+def edge_warning(name: str, chosen: float | None, swept: list[float]) -> list[str]:
+    """A sweep whose best value is its largest or smallest has not found the optimum."""
+    if chosen is None or len(set(swept)) < 2 or min(swept) < chosen < max(swept):
+        return []
+    side = "largest" if chosen == max(swept) else "smallest"
+    return [
+        f"- {name}: the chosen lr {chosen:g} is the {side} swept; a wider sweep could change "
+        "the comparison.",
+    ]
+
+
 def lstm_main(records: list[dict]) -> dict[str, list[dict]]:
     best = lstm_choice(records)
     return {
@@ -606,6 +619,10 @@ def section_lstm(records: list[dict], plots: dict) -> list[str]:
         "",
     ]
     lines += table(["family", "lr", "status", "valid ppl", ""], rows) + [""]
+    for family, lr in best.items():
+        swept = [r["info"]["lr"] for r in sweep if r["info"]["family"] == family]
+        lines += edge_warning(family.upper(), lr, swept)
+    lines += [""] if lines[-1] else []
     main = lstm_main(records)
     rows = []
     for family, rs in main.items():
@@ -798,14 +815,19 @@ def plot_latency(records: list[dict], path: Path) -> None:
 def section_runs(title: str, study: str, records: list[dict], target: str) -> list[str]:
     if not records:
         return no_records(title, f"{RUN} {study}")
-    rows = []
+    rows, resumed = [], False
     for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
         d = r["done"]
+        # A resumed run's process time covers only its last process; the trainer's clock runs on
+        # across the resume, so it stands in (training and validation, without start-up).
+        wall = f"{d['process_s'] / 60:.1f}"
+        if r.get("resumed"):
+            wall, resumed = f"{d['trainer_wall_s'] / 60:.1f}†", True
         rows.append(
             [
                 f"`{r['label']}`",
                 str(r["seed"]),
-                f"{d['process_s'] / 60:.1f}",
+                wall,
                 f"{d['updates']:,}",
                 f"{d['tokens'] / 1e6:.2f}M ({d['epochs'] or 0:.2f} ep.)",
                 spread([valid_ppl(r)]),
@@ -823,6 +845,8 @@ def section_runs(title: str, study: str, records: list[dict], target: str) -> li
     lines += table(
         ["command", "seed", "wall (min)", "updates", "tokens", "valid ppl", "test ppl"], rows
     )
+    if resumed:
+        lines += ["", "† resumed after an interruption: the trainer's clock over both processes."]
     return lines + ["", target, ""]
 
 
@@ -832,7 +856,8 @@ def default_target(records: list[dict], goal: float, minutes: float, reference: 
     if not gcnn:
         return ""
     ppl = mean([test_ppl(r) for r in gcnn])
-    wall = mean([r["done"]["process_s"] for r in gcnn]) / 60
+    key = {True: "trainer_wall_s", False: "process_s"}  # see section_runs
+    wall = mean([r["done"][key[bool(r.get("resumed"))]] for r in gcnn]) / 60
     met = "met" if ppl <= goal and wall <= minutes else "not met"
     return (
         f"`{gcnn[0]['label']}`: test perplexity {ppl:.1f} in {wall:.1f} min "

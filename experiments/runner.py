@@ -628,7 +628,7 @@ def estimate_run(run: Run, known: list[dict]) -> tuple[float, str]:
     same = [
         r["wall_s"]
         for r in known
-        if r.get("study") == run.study and r.get("variant") == run.variant
+        if r.get("study") == run.study and r.get("variant") == run.variant and not r.get("resumed")
     ]
     if same:
         return float(np.median(same)), "records of the same variant"
@@ -647,7 +647,13 @@ def estimate_run(run: Run, known: list[dict]) -> tuple[float, str]:
     peers = [r for r in peers if r["config"].get("data") == config.data] or peers
     if peers:
         rate = float(np.median([r["done"]["train_s"] / max(1, r["done"]["tokens"]) for r in peers]))
-        overhead = float(np.median([r["wall_s"] - r["done"]["train_s"] for r in peers]))
+        # a resumed run's wall_s covers only its last process, so it says nothing of the overhead
+        whole = [r for r in peers if not r.get("resumed")]
+        overhead = (
+            max(0.0, float(np.median([r["wall_s"] - r["done"]["train_s"] for r in whole])))
+            if whole
+            else FALLBACK_EVAL_S[family]
+        )
         source = f"{family} records"
     else:
         rate, overhead, source = FALLBACK_RATE[family], FALLBACK_EVAL_S[family], "built-in rates"

@@ -360,3 +360,36 @@ def test_flags_after_dashes_reach_each_family_only_where_they_apply():
         "--model-arg", "embed_dim=16", "--lr", "0.1", "--model-arg", "hidden_size=3"
     ]  # fmt: skip
     assert for_family(flags, "gcnn") == flags[:-2]
+
+
+def test_a_sweep_won_at_its_edge_is_flagged():
+    import report
+
+    assert report.edge_warning("LSTM", 0.01, [0.005, 0.01, 0.02]) == []
+    (line,) = report.edge_warning("LSTM", 0.02, [0.005, 0.01, 0.02])
+    assert "largest swept" in line and "0.02" in line
+    assert "smallest swept" in report.edge_warning("NAG", 0.1, [0.1, 0.3, 1.0])[0]
+    assert report.edge_warning("NAG", 0.1, [0.1]) == []  # no sweep, nothing to flag
+
+
+def test_estimates_ignore_the_partial_wall_time_of_resumed_runs():
+    import runner
+
+    def record(wall_s: float, resumed: bool) -> dict:
+        done = {"train_s": 100.0, "tokens": 100_000}
+        return {
+            "study": "default",
+            "variant": "gcnn-small",
+            "wall_s": wall_s,
+            "resumed": resumed,
+            "model": {"family": "gcnn"},
+            "config": {"data": "wikitext-2"},
+            "done": done,
+        }
+
+    run = runner.Run("default", "gcnn-small", 1, ["--max-updates", "10"])
+    seconds, source = runner.estimate_run(run, [record(130.0, False), record(20.0, True)])
+    assert source == "records of the same variant" and seconds == 130.0
+    other = runner.Run("gating", "glu", 1, ["--max-updates", "10"])
+    seconds, _ = runner.estimate_run(other, [record(20.0, True)])
+    assert seconds > 0  # a resumed run's 20 s of wall time against 100 s of training: no overhead
