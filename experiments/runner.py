@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import importlib
 import importlib.util
@@ -263,6 +264,20 @@ def train_config(args: list[str]):
     config_file, flags = parse_flags(args)
     with contextlib.chdir(ROOT):  # where train.py runs: --config paths are relative to it
         return resolve(compose(flags, config_file))
+
+
+def model_from_flags(argv: list[str]):
+    """The model train.py builds from these flags (untrained), and its resolved config dict."""
+    from gcnn.data import prepare_corpus
+    from gcnn.models import build_model
+    from gcnn.training.trainer import model_overrides, resolve
+
+    config = train_config(argv)
+    corpus = prepare_corpus(
+        config.data, tokenizer=config.tokenizer, vocab_size=config.vocab_size, splits=("train",)
+    )
+    model = build_model(config.model, corpus.tokenizer.vocab_size, **model_overrides(config))
+    return model, dataclasses.asdict(resolve(config, model))
 
 
 def model_family(preset: str) -> str:
@@ -552,10 +567,16 @@ class Runner:
         device = self.options.eval_device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer, ckpt = load_model(
-            best if best.exists() else out / "checkpoint_last.pt", device=device
-        )
-        config = ckpt["train_config"]
+        checkpoint = best if best.exists() else out / "checkpoint_last.pt"
+        if checkpoint.exists():
+            model, tokenizer, ckpt = load_model(checkpoint, device=device)
+            config = ckpt["train_config"]
+        elif status == "diverged":
+            # diverged before its first checkpoint (NAG without clipping can, within a few
+            # updates): still a result; the model is rebuilt from the flags for its size and FLOPs
+            model, config = model_from_flags(self.train_argv(run))
+        else:
+            raise GcnnError(f"{run.study}/{run.run_id}: train.py left no checkpoint in {out}")
         corpus = prepare_corpus(
             config["data"],
             tokenizer=config["tokenizer"],

@@ -393,3 +393,22 @@ def test_estimates_ignore_the_partial_wall_time_of_resumed_runs():
     other = runner.Run("gating", "glu", 1, ["--max-updates", "10"])
     seconds, _ = runner.estimate_run(other, [record(20.0, True)])
     assert seconds > 0  # a resumed run's 20 s of wall time against 100 s of training: no overhead
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_is_recorded(tmp_path):
+    """NAG without clipping can diverge within a few updates, before anything is saved: that is
+    the norm study's result, so it must become a record rather than stop the study."""
+    import run
+    from conftest import write_synthetic_corpus
+
+    corpus = write_synthetic_corpus(tmp_path / "tiny", lines=50)
+    argv = study_argv(corpus, tmp_path, "norm", updates=8)
+    argv[argv.index("--nag-lrs") + 1] = "1e30,2e30"  # NaN from the first update on
+    argv = [*argv[:1], "--only", "nag-neither*", *argv[1:]]
+    torch.set_num_threads(1)
+    assert run.main(argv) == 0
+    records = records_of(tmp_path, "norm")
+    assert records and all(r["status"] == "diverged" for r in records.values())
+    r = next(iter(records.values()))
+    assert r["model"]["params"] > 0 and r["flops_per_token"]["train"] > 0 and "eval" not in r
+    assert not list((tmp_path / "runs").rglob("checkpoint_*.pt"))
