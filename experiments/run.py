@@ -82,7 +82,7 @@ class StudyOptions:
     lstm_model: str = "lstm-small"
     valid_tokens: int = 32768  # validations during training (the curves); 0: the whole split
     valid_points: int = 8  # validations per run
-    lrs: list[float] = field(default_factory=lambda: [5e-3, 1e-2, 2e-2])  # lstm study sweep
+    lrs: list[float] = field(default_factory=lambda: [5e-3, 1e-2, 2e-2, 4e-2])  # lstm study sweep
     nag_lrs: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 2.0])  # norm sweep
     kernels: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # context study
     context_tokens: int = 20000  # truncated-history evaluation: first N test tokens
@@ -568,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
         "figures are exact, on every token",
     )
     p.add_argument("--valid-points", type=int, default=8, help="validations per run")
-    p.add_argument("--lrs", type=float_list, default=[5e-3, 1e-2, 2e-2], help="lstm study sweep")
+    p.add_argument(
+        "--lrs", type=float_list, default=[5e-3, 1e-2, 2e-2, 4e-2], help="lstm study sweep"
+    )
     p.add_argument(
         "--nag-lrs",
         type=float_list,
