@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from runner import ROOT, Parser, describe_machine, load_records  # noqa: E402
+from runner import NAMES, ROOT, Parser, describe_machine, load_records  # noqa: E402
 
 from gcnn.errors import GcnnError, run_cli  # noqa: E402
 
@@ -211,14 +211,6 @@ def image(name: str, paths: dict) -> list[str]:
 # --- 1. gating -----------------------------------------------------------------------------------
 
 GATING_ORDER = ["glu", "gtu", "bilinear", "relu", "tanh", "linear"]
-NAMES = {
-    "glu": "GLU",
-    "gtu": "GTU",
-    "bilinear": "bilinear",
-    "relu": "ReLU",
-    "tanh": "Tanh",
-    "linear": "linear",
-}
 GATING_CLAIMS = [  # (better, worse, figure)
     ("glu", "gtu", "Fig. 3"),
     ("glu", "relu", "Fig. 3"),

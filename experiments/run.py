@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from runner import (  # noqa: E402
+    NAMES,
     ROOT,
     Interrupted,
     Options,
@@ -54,14 +55,6 @@ ALL = ("gating", "norm", "context", "lstm", "latency")  # `all`: the ~3-hour CPU
 # 2-core CPU (see experiments/README.md); --max-updates / --max-minutes override them.
 UPDATES = {"gating": 200, "norm": 150, "context": 200, "lstm": 300}
 GATED, UNGATED = ("glu", "gtu", "bilinear"), ("relu", "tanh", "linear")
-NAMES = {
-    "glu": "GLU",
-    "gtu": "GTU",
-    "bilinear": "bilinear",
-    "relu": "ReLU",
-    "tanh": "Tanh",
-    "linear": "linear",
-}
 NORM_VARIANTS = {  # name -> flags; clipping at the optimizer's own default (NAG 0.1, AdamW 1.0)
     "both": [],
     "weight-norm-only": ["--clip-norm", "0"],

@@ -43,6 +43,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "experiments" / "records"
 RUNS = ROOT / "runs" / "experiments"
 FORMAT = "gcnn-experiment"
+# the gating variants as the paper names them (run.py labels, report.py tables)
+NAMES = {
+    "glu": "GLU",
+    "gtu": "GTU",
+    "bilinear": "bilinear",
+    "relu": "ReLU",
+    "tanh": "Tanh",
+    "linear": "linear",
+}
 
 # Before any record exists, estimates use these rates: seconds per training token of gcnn-small /
 # lstm-small on WikiText-2, bf16, on the idle 2-core AMD EPYC (docs/training.md: 9,500 and about
