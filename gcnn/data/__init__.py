@@ -5,7 +5,7 @@ See docs/design.md ("gcnn.data") for the contract and docs/data.md for the user 
 
 from gcnn.data.batches import IGNORE_INDEX, BlockBatcher, SentenceBatcher, StreamBatcher
 from gcnn.data.cache import atomic_write
-from gcnn.data.corpus import SPLITS, find_split_files, read_chunks, resolve_corpus
+from gcnn.data.corpus import KNOWN_CORPORA, SPLITS, find_split_files, read_chunks, resolve_corpus
 from gcnn.data.download import download_corpus
 from gcnn.data.prepare import Corpus, prepare_corpus
 from gcnn.data.tokenizer import (
@@ -17,6 +17,7 @@ from gcnn.data.tokenizer import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "KNOWN_CORPORA",
     "SPLITS",
     "BlockBatcher",
     "Corpus",

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from gcnn.data.corpus import KNOWN_CORPORA
 from gcnn.errors import GcnnError, run_cli
 
 
@@ -15,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     dl = sub.add_parser("download", help="download and extract wikitext-2 or wikitext-103")
-    dl.add_argument("name", choices=["wikitext-2", "wikitext-103"])
+    dl.add_argument("name", choices=KNOWN_CORPORA)
     dl.add_argument("--url", action="append", help="mirror to try (repeatable; file:// works)")
     dl.add_argument("--md5", help="expected MD5 of the archive (default: the official one)")
     dl.add_argument("--root", help="directory to extract into (default: $GCNN_DATA or ./data)")

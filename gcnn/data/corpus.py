@@ -29,22 +29,14 @@ def data_root() -> Path:
     return Path(os.environ.get("GCNN_DATA") or "data")
 
 
-def resolve_corpus(name_or_dir: str | os.PathLike, download: bool = False) -> Path:
+def resolve_corpus(name_or_dir: str | os.PathLike) -> Path:
     """'wikitext-2' / 'wikitext-103' -> $GCNN_DATA/<name> (else ./data/<name>); else a directory.
 
-    With download=True a missing named corpus is fetched into ./data (or $GCNN_DATA) first.
+    Finding only: fetching a missing named corpus is `prepare_corpus(..., download=True)`'s job.
     """
     name = str(name_or_dir)
     if name in KNOWN_CORPORA:  # a local directory of that name: pass it as ./wikitext-2
         path = data_root() / name
-        if not path.is_dir() and download:
-            from gcnn.data.cache import file_lock
-            from gcnn.data.download import download_corpus
-
-            # Data-parallel ranks all prepare their data: the first downloads, the others wait
-            # here and then find the corpus in place.
-            with file_lock(data_root() / f".{name}.download.lock"):
-                path = download_corpus(name, root=data_root())
         if not path.is_dir():
             raise GcnnError(
                 f"corpus {name} not found at {path}; run `python -m gcnn.data download {name}` "

@@ -16,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from gcnn.data.cache import CacheEntry, default_cache_dir, describe_sources
+from gcnn.data.cache import CacheEntry, default_cache_dir, describe_sources, file_lock
 from gcnn.data.corpus import (
+    KNOWN_CORPORA,
     SPLITS,
+    data_root,
     find_split_files,
     line_aligned_ranges,
     read_chunks,
     resolve_corpus,
 )
+from gcnn.data.download import download_corpus
 from gcnn.data.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
@@ -221,6 +224,17 @@ def _build_given(files, tokenizer, progress):
     return arrays, info
 
 
+def _locate(name_or_dir: str | os.PathLike, download: bool) -> Path:
+    """The corpus directory; with download=True a missing named corpus is fetched first."""
+    name = str(name_or_dir)
+    if download and name in KNOWN_CORPORA and not (data_root() / name).is_dir():
+        # Data-parallel ranks all prepare their data: the first downloads, the others wait
+        # here and then find the corpus in place.
+        with file_lock(data_root() / f".{name}.download.lock"):
+            download_corpus(name, root=data_root())
+    return resolve_corpus(name)
+
+
 def prepare_corpus(
     name_or_dir: str | os.PathLike,
     tokenizer: str | Tokenizer = "word",
@@ -244,7 +258,7 @@ def prepare_corpus(
     All split files present are encoded and cached; `splits` picks which are returned and must
     all exist (None: whichever are present).
     """
-    directory = resolve_corpus(name_or_dir, download=download)
+    directory = _locate(name_or_dir, download)
     files = find_split_files(directory)
     splits = tuple(s for s in SPLITS if s in files) if splits is None else tuple(splits)
     for split in splits:
