@@ -13,7 +13,6 @@ labelled as a projection: no GPU measured it).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -22,21 +21,11 @@ import torch
 
 from gcnn.data import BlockBatcher
 from gcnn.errors import GcnnError, run_cli
+from gcnn.machine import cpu_name
 from gcnn.models import build_model
 
 WT103_TRAIN_TOKENS = 103_227_021
 WT103_VOCAB = 267_735
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -79,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tokens < 10_000 or args.repeats < 1 or args.step_repeats < 1:
         raise GcnnError("--tokens must be >= 10000 and --repeats, --step-repeats >= 1")
-    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     tokens = np.random.default_rng(0).integers(0, WT103_VOCAB, args.tokens, dtype=np.int32)
     model = build_model("gcnn-8", WT103_VOCAB, dropout=0.0)
     context = model.receptive_field - 1

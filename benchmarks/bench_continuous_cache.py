@@ -15,27 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 
 from gcnn.errors import GcnnError, run_cli
-from gcnn.evaluation.continuous_cache import DEFAULT_SIZE, CacheConfig, evaluate_with_cache
+from gcnn.evaluation.cache_evaluation import evaluate_with_cache
+from gcnn.evaluation.continuous_cache import DEFAULT_SIZE, CacheConfig
 from gcnn.evaluation.perplexity import corpus_nll
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
+from gcnn.machine import cpu_name
 
 
 def models_and_tokens(checkpoints: list[str], split: str):
@@ -80,7 +69,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     options = dict(block_size=args.block_size, batch_size=args.batch_size)
-    print(f"CPU: {cpu_model()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(
         f"cache: size {config.size}, theta {config.theta:g}, lambda {config.lam:g}; "

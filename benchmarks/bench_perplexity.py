@@ -18,8 +18,8 @@ import torch
 
 from gcnn.data import BlockBatcher, prepare_corpus
 from gcnn.errors import GcnnError, run_cli
+from gcnn.machine import cpu_name
 from gcnn.models import build_model
-from gcnn.precision import cpu_name
 
 
 @torch.inference_mode()

@@ -34,15 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from gcnn.errors import GcnnError, run_cli
-from gcnn.evaluation.latency import (
-    PRECISIONS,
-    interleaved_timings,
+from gcnn.evaluation.inference import PRECISIONS, prepare_for_inference
+from gcnn.evaluation.workload import (
     load_for_latency,
-    prepare_for_inference,
     random_sentences,
     scoring_fn,
     word_rank_probs,
 )
+from gcnn.timing import interleaved_timings
 
 
 def best_seconds(fn, repeats: int = 10) -> float:
@@ -127,7 +126,7 @@ def main(argv=None) -> int:
     )
     models = []
     for spec in args.models:
-        name, model = load_for_latency(spec, args.vocab_size, "cpu")
+        name, model = load_for_latency(spec, args.vocab_size)
         work = sentence_work(model, length)
         model = prepare_for_inference(model, dtype, "cpu")
         models.append((name, model, work))

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from gcnn.errors import GcnnError, run_cli
+from gcnn.machine import cpu_name
 from gcnn.models import PRESETS, build_model
-from gcnn.precision import choose_precision, cpu_name
+from gcnn.precision import choose_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_port import plain_port  # noqa: E402

@@ -8,7 +8,7 @@ counted from the model itself (gcnn.build_model(...).flops_per_token): the netwo
 token (each 1024-token block is fed receptive_field - 1 tokens of context too), the adaptive
 softmax's head on every scored token, and each tail on the share of tokens whose words fall in
 it. That share follows the two-regime word-frequency law the latency benchmark uses
-(gcnn.evaluation.latency.word_rank_probs); WikiText-103's real train split is not here to count.
+(gcnn.evaluation.workload.word_rank_probs); WikiText-103's real train split is not here to count.
 The run: fairseq's recipe, 35 epochs of WikiText-103's 103,227,021 training tokens.
 
 This is arithmetic, not a measurement: the MFU it assumes is the uncertain part. Until a GPU
@@ -23,7 +23,7 @@ import argparse
 import torch
 
 from gcnn.errors import GcnnError, run_cli
-from gcnn.evaluation.latency import WT103_VOCAB, word_rank_probs
+from gcnn.evaluation.workload import WT103_VOCAB, word_rank_probs
 from gcnn.models import build_model
 
 WT103_TRAIN_TOKENS = 103_227_021

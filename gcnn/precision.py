@@ -1,17 +1,21 @@
-"""`--precision auto`: fp32 or bf16, whichever is faster on the machine at hand, by measurement.
+"""`--precision auto`: the one chooser of fp32 or bf16 (the hardware's rule, else measured).
 
 CPU flags do not say which is faster. AVX512-BF16 is present on CPUs where bf16 matrix products
 run 8x faster than fp32 (AMX), 2-5x faster (AMD EPYC) and 0.6x as fast (some Xeons without AMX),
 and a model's speed also depends on how its own shapes map to the kernels. So "auto" times the
-work it is about to do, a few times in each precision, at the model's own shapes, and picks the
-faster; the result is cached per machine, torch version, thread count, model and shape, so the
-measurement (seconds) is paid once.
+work it is about to do, a few interleaved rounds in each precision, at the model's own shapes,
+and picks the faster; the result is cached per machine, torch version, thread count, device and
+work, so the measurement (seconds) is paid once.
 
 On CUDA bf16 is native from compute capability 8.0 (Ampere) and always at least as fast as fp32
-there, so no measurement is needed: auto means bf16 on such GPUs, fp32 on older ones.
+there, so no measurement is needed: auto means bf16 on such GPUs, fp32 on older ones. A CPU
+without any bf16 path gets fp32.
 
-bf16 stays numerically safe either way: under autocast the adaptive softmax takes its log-softmax
-in fp32, and losses are summed in fp32/fp64.
+Every "auto" goes through `choose`: training (`choose_precision(..., "train")`, and
+`gcnn.training.distributed.resolve_precision` for what the hardware alone decides), evaluation's
+perplexity and score (`choose_precision(..., "score")`) and the latency table (its prepared
+inference models, `gcnn.evaluation.latency`). bf16 stays numerically safe either way: under
+autocast the adaptive softmax takes its log-softmax in fp32, and losses are summed in fp32/fp64.
 """
 
 from __future__ import annotations
@@ -19,17 +23,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import statistics
-import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from gcnn.machine import cpu_name
+from gcnn.timing import Timing, interleaved_timings
+
 PRECISIONS = ("auto", "fp32", "bf16")
+CHOICES = ("fp32", "bf16")
 CACHE_VERSION = 1
+
+# seconds per call of each precision's work ("fp32", "bf16"), timed in `rounds` interleaved rounds
+Measure = Callable[[int], dict[str, Timing]]
+
+
+@dataclass
+class PrecisionChoice:
+    """What "auto" chose, and how."""
+
+    precision: str  # "fp32" or "bf16"
+    source: str  # "hardware" (no measurement needed), "measured" or "cache"
+    seconds: dict[str, float] = field(default_factory=dict)  # median per call, when measured
 
 
 def cuda_native_bf16(device: torch.device) -> bool:
@@ -48,21 +66,18 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def cpu_name() -> str:
-    """The CPU model and its bf16-related flags: the key of what was measured where."""
-    name, flags = platform.processor() or "unknown", ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = " ".join(sorted(f for f in have if "bf16" in f or f.startswith("amx")))
-                    break
-    except OSError:
-        pass
-    return f"{name} [{flags}]" if flags else name
+def hardware_choice(device: torch.device) -> str | None:
+    """The precision the hardware alone decides, or None where only a measurement can tell
+    (a CPU with bf16 instructions)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if cuda_native_bf16(device) else "fp32"
+    if device.type != "cpu" or not cpu_has_bf16():
+        return "fp32"
+    return None
+
+
+# --- the cache -----------------------------------------------------------------------------------
 
 
 def cache_path() -> Path:
@@ -97,18 +112,57 @@ def _save_cache(data: dict) -> None:
         warnings.warn(f"could not cache the precision measurement in {path}: {err}", stacklevel=2)
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per call, in alternating rounds (drifting load hits each alike)."""
-    for fn in calls.values():
-        fn()  # warm-up: kernel selection, oneDNN's JIT, allocator
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for r in range(rounds):
-        names = list(calls) if r % 2 == 0 else list(reversed(calls))
-        for name in names:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+# --- the chooser ---------------------------------------------------------------------------------
+
+
+def timed_calls(
+    calls: dict[str, Callable[[], object]], device: torch.device, warmup: int = 1
+) -> Measure:
+    """A Measure that times `calls` (one per precision) in interleaved rounds."""
+
+    def measure(rounds: int) -> dict[str, Timing]:
+        timings = interleaved_timings(list(calls.values()), rounds, warmup, device)
+        return dict(zip(calls, timings, strict=True))
+
+    return measure
+
+
+def choose(
+    device: torch.device,
+    work: str,
+    measure: Measure,
+    log: Callable[[str], None] | None = None,
+    rounds: int = 3,
+    label: str = "",
+    cache: bool = True,
+) -> PrecisionChoice:
+    """fp32 or bf16 for `work` (a description of what is timed: its kind, model and shapes)
+    on `device`: by the hardware where it decides, else from the cache, else by `measure`.
+    `label` names the work in what is logged; `cache=False` measures afresh and keeps nothing
+    (a benchmark, whose choice is part of what it reports)."""
+    fixed = hardware_choice(device)
+    if fixed is not None:
+        return PrecisionChoice(fixed, "hardware")
+    key = machine_key(device, work)
+    saved = _load_cache() if cache else {}
+    entry = saved.get(key)
+    if isinstance(entry, dict) and entry.get("choice") in CHOICES:
+        return PrecisionChoice(entry["choice"], "cache", dict(entry.get("seconds") or {}))
+    seconds = {p: t.median for p, t in measure(rounds).items()}
+    choice = PrecisionChoice(min(seconds, key=seconds.get), "measured", seconds)
+    if cache:
+        saved[key] = {"choice": choice.precision, "seconds": seconds, "cpu": cpu_name()}
+        _save_cache(saved)
+    if log is not None:
+        what = f" ({label})" if label else ""
+        log(
+            f"--precision auto{what}: {choice.precision} (fp32 {1e3 * seconds['fp32']:.2f} ms, "
+            f"bf16 {1e3 * seconds['bf16']:.2f} ms per call on {cpu_name()})"
+        )
+    return choice
+
+
+# --- the model's own work: a training step or a scoring call, under autocast -------------------
 
 
 def training_step_fn(model, inputs, targets, bf16: bool) -> Callable[[], None]:
@@ -143,8 +197,8 @@ def measure_precisions(
     targets: torch.Tensor,
     mode: str = "train",
     rounds: int = 3,
-) -> dict[str, float]:
-    """Seconds per training step ("train") or scoring call ("score") in fp32 and in bf16.
+) -> dict[str, Timing]:
+    """Time per training step ("train") or scoring call ("score") in fp32 and in bf16.
 
     The model is left as it was: gradients are cleared, and random generators (dropout) are
     restored, so measuring does not change what a seeded run computes.
@@ -153,11 +207,31 @@ def measure_precisions(
     was_training = model.training
     model.train(mode == "train")
     devices = [inputs.device] if inputs.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        calls = {p: make(model, inputs, targets, p == "bf16") for p in ("fp32", "bf16")}
-        seconds = time_interleaved(calls, rounds)
-    model.train(was_training)
-    return seconds
+    try:
+        with torch.random.fork_rng(devices=devices):
+            calls = {p: make(model, inputs, targets, p == "bf16") for p in CHOICES}
+            return timed_calls(calls, inputs.device)(rounds)
+    finally:
+        model.train(was_training)
+
+
+def choose_for_model(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    mode: str = "train",
+    log: Callable[[str], None] | None = None,
+) -> PrecisionChoice:
+    """The choice for running `model` on batches shaped like (inputs, targets) under autocast:
+    training steps ("train") or scoring ("score"). `inputs`/`targets` are a sample batch on the
+    run's device; they are only read."""
+    config = model.config_dict() if hasattr(model, "config_dict") else repr(model)
+    work = json.dumps([mode, config, list(inputs.shape)], sort_keys=True, default=str)
+
+    def measure(rounds: int) -> dict[str, Timing]:
+        return measure_precisions(model, inputs, targets, mode, rounds)
+
+    return choose(inputs.device, work, measure, log, label=f"{mode} at {tuple(inputs.shape)}")
 
 
 def choose_precision(
@@ -167,31 +241,5 @@ def choose_precision(
     mode: str = "train",
     log: Callable[[str], None] | None = None,
 ) -> str:
-    """ "fp32" or "bf16" for running `model` on batches shaped like (inputs, targets).
-
-    CUDA: bf16 where it is native. CPU without a bf16 path: fp32. Otherwise measured (and
-    cached; see the module docstring). `inputs`/`targets` are a sample batch on the run's
-    device; they are only read.
-    """
-    device = inputs.device
-    if device.type == "cuda":
-        return "bf16" if cuda_native_bf16(device) else "fp32"
-    if device.type != "cpu" or not cpu_has_bf16():
-        return "fp32"
-    config = model.config_dict() if hasattr(model, "config_dict") else repr(model)
-    what = json.dumps([mode, config, list(inputs.shape)], sort_keys=True, default=str)
-    key = machine_key(device, what)
-    cache = _load_cache()
-    entry = cache.get(key)
-    if not (isinstance(entry, dict) and entry.get("choice") in ("fp32", "bf16")):
-        seconds = measure_precisions(model, inputs, targets, mode)
-        entry = {"choice": min(seconds, key=seconds.get), "seconds": seconds, "cpu": cpu_name()}
-        cache[key] = entry
-        _save_cache(cache)
-        if log is not None:
-            f32, b16 = seconds["fp32"], seconds["bf16"]
-            log(
-                f"--precision auto: {entry['choice']} ({mode} at {tuple(inputs.shape)}: fp32 "
-                f"{1e3 * f32:.0f} ms, bf16 {1e3 * b16:.0f} ms on {cpu_name()})"
-            )
-    return entry["choice"]
+    """ "fp32" or "bf16": `choose_for_model(...).precision` (the trainer's entry point)."""
+    return choose_for_model(model, inputs, targets, mode, log).precision

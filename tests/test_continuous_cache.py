@@ -20,9 +20,9 @@ from gcnn.data import IGNORE_INDEX, BlockBatcher, prepare_corpus
 from gcnn.evaluation import (
     CacheConfig,
     ContinuousCache,
-    cache_log_probs,
     cache_next_word_log_probs,
     corpus_nll,
+    evaluate_with_cache,
 )
 
 
@@ -70,12 +70,11 @@ def test_lambda_zero_is_todays_perplexity(corpus, family):
     tokens, eos = corpus.splits["valid"], corpus.tokenizer.eos_id
     options = dict(block_size=16, batch_size=3)
     nll, count = corpus_nll(model, tokens, eos, **options)
-    scores = cache_log_probs(model, tokens, eos, CacheConfig(50, 0.5, 0.0), **options)
+    config = CacheConfig(50, 0.5, 0.0)
+    scores = evaluate_with_cache(model, corpus.tokenizer, tokens, config, **options).log_probs
     assert len(scores) == count == len(tokens)
-    # corpus_nll sums an LSTM chunk in float32 (model.loss) and a GCNN batch in float64
-    assert -float(scores.double().sum()) == pytest.approx(
-        nll, rel=1e-12 if family == "gcnn" else 1e-6
-    )
+    # one exact stream (perplexity.exact_stream) under both: the same numbers, summed in float64
+    assert -float(scores.double().sum()) == pytest.approx(nll, rel=1e-12)
     if family == "gcnn":  # token for token, the very same numbers as today's batches give
         today = []
         for inputs, targets in BlockBatcher(tokens, eos, 16, 3, context=model.receptive_field - 1):
@@ -93,9 +92,8 @@ def test_scores_are_the_formula_for_any_block_and_batch_size(corpus, family, siz
     # the cache changes the scores (the comparison has teeth), mostly upwards on repeated words
     assert (reference - model_lp).abs().max() > 0.1
     for block_size, batch_size in [(5, 1), (16, 3), (1000, 2)]:
-        scores = cache_log_probs(
-            model, tokens, eos, config, block_size=block_size, batch_size=batch_size
-        )
+        options = dict(block_size=block_size, batch_size=batch_size)
+        scores = evaluate_with_cache(model, corpus.tokenizer, tokens, config, **options).log_probs
         assert scores.dtype == torch.float32 and len(scores) == len(tokens)
         torch.testing.assert_close(scores.double(), reference, rtol=0, atol=2e-5)
 
@@ -137,7 +135,7 @@ def test_no_score_depends_on_its_own_or_later_tokens(corpus, family):
     tokens, eos = corpus.splits["valid"][:200].copy(), corpus.tokenizer.eos_id
     config = CacheConfig(size=6, theta=1.0, lam=0.4)
     options = dict(block_size=8, batch_size=2)
-    before = cache_log_probs(model, tokens, eos, config, **options)
+    before = evaluate_with_cache(model, corpus.tokenizer, tokens, config, **options).log_probs
     k = 100
     window = set(tokens[k - config.size : k].tolist())
     absent = next(w for w in range(corpus.tokenizer.vocab_size) if w not in window)
@@ -146,7 +144,7 @@ def test_no_score_depends_on_its_own_or_later_tokens(corpus, family):
     changed[k:] = np.random.default_rng(0).permutation(tokens[k:])
     for word in (absent, present):
         changed[k] = word
-        after = cache_log_probs(model, changed, eos, config, **options)
+        after = evaluate_with_cache(model, corpus.tokenizer, changed, config, **options).log_probs
         assert torch.equal(after[:k], before[:k])  # earlier scores untouched
         assert not torch.allclose(after[k + 1 :], before[k + 1 :])  # later ones do change
         # the target's own score: the model's, plus the cache only through earlier positions
@@ -171,7 +169,8 @@ def test_mixed_distribution_sums_to_one(corpus, family):
     # the target path picks the same numbers out of it
     targets = torch.from_numpy(tokens.astype(np.int64))
     picked = dense.gather(1, targets.unsqueeze(1)).squeeze(1)
-    scores = cache_log_probs(model, tokens, eos, config, block_size=16, batch_size=2)
+    options = dict(block_size=16, batch_size=2)
+    scores = evaluate_with_cache(model, corpus.tokenizer, tokens, config, **options).log_probs
     torch.testing.assert_close(picked, scores, rtol=0, atol=1e-5)
     # the first token has an empty cache: exactly the model's distribution
     with torch.inference_mode():
@@ -202,9 +201,10 @@ def test_cli_cache_perplexity(checkpoint, corpus, capsys):
     on = json.loads(out)
     assert code == 0 and on["tokens"] == plain["tokens"] and on["loss"] != plain["loss"]
     assert on["no_cache"]["loss"] == pytest.approx(plain["loss"], rel=1e-12)
-    tokens, eos = corpus.splits["valid"], corpus.tokenizer.eos_id
     model = tiny_model("gcnn", corpus.tokenizer.vocab_size)
-    expected = -cache_log_probs(model, tokens, eos, CacheConfig(40, 0.5, 0.2)).double().mean()
+    config = CacheConfig(40, 0.5, 0.2)
+    scores = evaluate_with_cache(model, corpus.tokenizer, corpus.splits["valid"], config).log_probs
+    expected = -scores.double().mean()
     assert on["loss"] == pytest.approx(float(expected), rel=1e-9)
 
 
@@ -243,7 +243,8 @@ def test_cli_tune_cache(checkpoint, corpus, capsys):
     for size in (10, 50):
         for theta in (0.1, 1.0):
             for lam in (0.1, 0.3):
-                lp = cache_log_probs(model, valid, eos, CacheConfig(size, theta, lam))
+                config = CacheConfig(size, theta, lam)
+                lp = evaluate_with_cache(model, corpus.tokenizer, valid, config).log_probs
                 assert -float(lp.double().mean()) >= result["valid"]["loss"] - 1e-9
 
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from gcnn import timing
 from gcnn.checkpoint import load_checkpoint, load_model, model_checkpoint, save_checkpoint
 from gcnn.data import BlockBatcher, StreamBatcher, prepare_corpus
 from gcnn.errors import GcnnError
-from gcnn.evaluation import latency
+from gcnn.evaluation import inference
 from gcnn.evaluation.perplexity import corpus_nll
 from gcnn.models import build_model
 from gcnn.training import distributed
@@ -198,19 +199,19 @@ def test_auto_precision_on_cuda_asks_the_runs_own_device(monkeypatch, capability
 def test_latency_waits_for_the_device_it_measures(monkeypatch):
     waited = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: waited.append(d))
-    latency._synchronize("cuda:1")()
+    timing.synchronizer("cuda:1")()
     assert waited == [torch.device("cuda:1")]
 
 
 def test_latency_gives_each_family_its_best_precision_and_one_fp32():
     lstm = build_model("lstm-small", 50, embed_dim=8, hidden_size=8, cutoffs=[])
     gcnn = build_model("gcnn-small", 50, embed_dim=8, blocks=[{"layers": [[3, 8]]}], cutoffs=[])
-    assert latency.inference_dtype(lstm, "bf16", "cuda") == torch.float16  # cuDNN has no bf16
-    assert latency.inference_dtype(gcnn, "bf16", "cuda") == torch.bfloat16
-    assert latency.inference_dtype(lstm, "bf16", "cpu") == torch.bfloat16
-    assert latency.inference_dtype(lstm, "fp32", "cuda") == torch.float32
+    assert inference.inference_dtype(lstm, "bf16", "cuda") == torch.float16  # cuDNN has no bf16
+    assert inference.inference_dtype(gcnn, "bf16", "cuda") == torch.bfloat16
+    assert inference.inference_dtype(lstm, "bf16", "cpu") == torch.bfloat16
+    assert inference.inference_dtype(lstm, "fp32", "cuda") == torch.float32
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    with latency.strict_fp32("cuda:0"):
+    with inference.strict_fp32("cuda:0"):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
 

@@ -417,7 +417,7 @@ def test_a_plot_that_cannot_be_written(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from types import SimpleNamespace
 
-    from gcnn.evaluation.latency import plot_latency
+    from gcnn.evaluation.latency_report import plot_latency
 
     plot = tmp_path / "latency.png"
     plot.write_bytes(b"old plot")

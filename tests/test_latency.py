@@ -14,13 +14,12 @@ import torch
 from torch.nn.utils import parametrize
 
 from gcnn.evaluation.cli import main
-from gcnn.evaluation.latency import (
+from gcnn.evaluation.inference import GemmConv1d, prepare_for_inference
+from gcnn.evaluation.workload import (
     GBW_VOCAB,
     WT2_VOCAB,
     WT103_VOCAB,
-    GemmConv1d,
     default_vocab_size,
-    prepare_for_inference,
     random_sentences,
     scoring_fn,
 )
@@ -237,14 +236,16 @@ def test_roofline_benchmark_bounds_every_model_below_its_measured_latency():
 
 @pytest.mark.parametrize("faster", ["fp32", "bf16"])
 def test_auto_precision_gives_each_model_its_faster_dtype(monkeypatch, faster):
-    from gcnn.evaluation import latency
-    from gcnn.evaluation.latency import LatencyConfig, Timing, fastest_precision
+    from gcnn import precision
+    from gcnn.evaluation.latency import LatencyConfig, fastest_precision
+    from gcnn.timing import Timing
 
     def timings(calls, repeats, warmup, device):  # fp32 first, bf16 second (PRECISIONS order)
         fast, slow = Timing.of([1.0]), Timing.of([2.0])
         return [fast, slow] if faster == "fp32" else [slow, fast]
 
-    monkeypatch.setattr(latency, "interleaved_timings", timings)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # measured, not decided
+    monkeypatch.setattr(precision, "interleaved_timings", timings)
     chosen = fastest_precision("tiny", tiny_gcnn(), LatencyConfig(sentence_length=6), print)
     dtypes = {p.dtype for p in chosen.parameters()}
     assert dtypes == {torch.float32 if faster == "fp32" else torch.bfloat16}

@@ -12,6 +12,7 @@ import torch
 
 from gcnn import precision
 from gcnn.models import build_model
+from gcnn.timing import Timing
 from gcnn.training.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,6 +23,10 @@ from test_train import args  # noqa: E402
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GCNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+
+
+def timings(fp32: float, bf16: float) -> dict[str, Timing]:
+    return {"fp32": Timing.of([fp32]), "bf16": Timing.of([bf16])}
 
 
 def tiny():
@@ -38,7 +43,7 @@ def test_auto_picks_the_faster_and_measures_once(monkeypatch, faster):
 
     def fake(model, inputs, targets, mode, rounds=3):
         calls.append(mode)
-        return {"fp32": 1.0, "bf16": 2.0} if faster == "fp32" else {"fp32": 2.0, "bf16": 1.0}
+        return timings(1.0, 2.0) if faster == "fp32" else timings(2.0, 1.0)
 
     monkeypatch.setattr(precision, "measure_precisions", fake)
     assert precision.choose_precision(model, x, y, "train") == faster
@@ -59,7 +64,7 @@ def test_measuring_leaves_the_model_and_the_random_stream_alone():
     expected = torch.rand(3)
     torch.manual_seed(5)
     seconds = precision.measure_precisions(model, x, y, "train", rounds=1)
-    assert set(seconds) == {"fp32", "bf16"} and all(s > 0 for s in seconds.values())
+    assert set(seconds) == {"fp32", "bf16"} and all(t.median > 0 for t in seconds.values())
     assert torch.equal(torch.rand(3), expected)  # dropout draws did not advance the generator
     assert all(p.grad is None for p in model.parameters()) and model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -69,7 +74,7 @@ def test_an_unwritable_cache_only_warns(monkeypatch, tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("")
     monkeypatch.setenv("GCNN_CACHE", str(blocked / "sub"))  # a directory under a file
-    monkeypatch.setattr(precision, "measure_precisions", lambda *a, **k: {"fp32": 1, "bf16": 2})
+    monkeypatch.setattr(precision, "measure_precisions", lambda *a, **k: timings(1, 2))
     model, x, y = tiny()
     with pytest.warns(UserWarning, match="could not cache"):
         assert precision.choose_precision(model, x, y) == "fp32"
@@ -88,7 +93,7 @@ def test_training_with_auto_records_what_it_measured(tiny_corpus, tmp_path, monk
 
     def fake(model, inputs, targets, mode, rounds=3):
         seen.append((mode, tuple(inputs.shape)))
-        return {faster: 1.0, ({"fp32", "bf16"} - {faster}).pop(): 2.0}
+        return timings(1.0, 2.0) if faster == "fp32" else timings(2.0, 1.0)
 
     monkeypatch.setattr(precision, "measure_precisions", fake)
     out = tmp_path / "run"
@@ -120,7 +125,7 @@ def test_evaluation_precision_flag(tiny_corpus, tmp_path, capsys, monkeypatch, f
     monkeypatch.setattr(
         precision,
         "measure_precisions",
-        lambda model, inputs, targets, mode, rounds=3: seen.append(mode) or {"fp32": 2, "bf16": 1},
+        lambda model, inputs, targets, mode, rounds=3: seen.append(mode) or timings(2, 1),
     )
     results = {}
     for flag in ("fp32", "bf16", "auto"):

@@ -19,14 +19,10 @@ from torch.nn.utils import parametrize
 
 from gcnn.checkpoint import load_model
 from gcnn.data import prepare_corpus
-from gcnn.evaluation.latency import (
-    LatencyConfig,
-    prepare_for_inference,
-    random_sentences,
-    run_latency,
-    scoring_fn,
-)
+from gcnn.evaluation.inference import prepare_for_inference
+from gcnn.evaluation.latency import LatencyConfig, run_latency
 from gcnn.evaluation.perplexity import corpus_nll
+from gcnn.evaluation.workload import random_sentences, scoring_fn
 from gcnn.models import PRESETS, build_model
 from gcnn.training.cli import main as train_main
 from gcnn.training.config import TrainConfig

@@ -12,14 +12,14 @@ import importlib
 _EXPORTS = {
     "PerplexityResult": "gcnn.evaluation.perplexity",
     "corpus_nll": "gcnn.evaluation.perplexity",
+    "exact_stream": "gcnn.evaluation.perplexity",
     "evaluate_perplexity": "gcnn.evaluation.perplexity",
     "tokenize_split": "gcnn.evaluation.perplexity",
     "CacheConfig": "gcnn.evaluation.continuous_cache",
     "ContinuousCache": "gcnn.evaluation.continuous_cache",
-    "cache_log_probs": "gcnn.evaluation.continuous_cache",
-    "cache_next_word_log_probs": "gcnn.evaluation.continuous_cache",
-    "evaluate_with_cache": "gcnn.evaluation.continuous_cache",
-    "tune_cache": "gcnn.evaluation.continuous_cache",
+    "cache_next_word_log_probs": "gcnn.evaluation.cache_evaluation",
+    "evaluate_with_cache": "gcnn.evaluation.cache_evaluation",
+    "tune_cache": "gcnn.evaluation.cache_evaluation",
     "SentenceScore": "gcnn.evaluation.scoring",
     "score_lines": "gcnn.evaluation.scoring",
     "score_token_ids": "gcnn.evaluation.scoring",
@@ -27,7 +27,7 @@ _EXPORTS = {
     "sample": "gcnn.evaluation.sampling",
     "LatencyConfig": "gcnn.evaluation.latency",
     "LatencyResult": "gcnn.evaluation.latency",
-    "prepare_for_inference": "gcnn.evaluation.latency",
+    "prepare_for_inference": "gcnn.evaluation.inference",
     "run_latency": "gcnn.evaluation.latency",
 }
 

@@ -10,15 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gcnn.devices import resolve_device
 from gcnn.errors import GcnnError, run_cli
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GcnnError(f"--device {name}: no CUDA device is available; use --device cpu")
-    return name
 
 
 def _load(path: str, device: str):
@@ -46,12 +39,13 @@ def _positive(flag: str, value: int) -> int:
 
 def cmd_perplexity(args) -> int:
     from gcnn.data import find_split_files, resolve_corpus
+    from gcnn.evaluation.cache_cli import cache_requested, check_cache_flags, perplexity_with_cache
     from gcnn.evaluation.perplexity import check_vocabulary, evaluate_perplexity, tokenize_split
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     _positive("--batch-size", args.batch_size)
     _positive("--block-size", args.block_size)
-    _check_cache_flags(args)
+    check_cache_flags(args)
     model, tokenizer, ckpt = _load(args.checkpoint, device)
     source = args.data or args.dataset or _trained_on(ckpt)
     if source is None:
@@ -66,8 +60,8 @@ def cmd_perplexity(args) -> int:
             f"{directory} has no {args.split} split (found: {', '.join(files) or 'none'}); "
             "pick another --split"
         )
-    if args.tune_cache or _cache_flags(args):
-        return _perplexity_with_cache(args, model, tokenizer, directory, files, device)
+    if cache_requested(args):
+        return perplexity_with_cache(args, model, tokenizer, directory, files, device)
     split = tokenize_split(tokenizer, files[args.split])
     if len(split.tokens) == 0:
         raise GcnnError(f"split file {files[args.split]} is empty; nothing to evaluate")
@@ -121,137 +115,10 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _cache_flags(args) -> bool:
-    return any(v is not None for v in (args.cache_size, args.cache_theta, args.cache_lambda))
-
-
-def _check_cache_flags(args) -> None:
-    """Bad cache settings fail before the checkpoint is read, one line each."""
-    from gcnn.evaluation.continuous_cache import check_lambda, check_size, check_theta
-
-    for flag, values, check in (
-        ("--cache-size", args.cache_size, check_size),
-        ("--cache-theta", args.cache_theta, check_theta),
-        ("--cache-lambda", args.cache_lambda, check_lambda),
-    ):
-        for value in values or ():
-            check(value)
-        if values is not None and len(values) > 1 and not args.tune_cache:
-            raise GcnnError(f"{flag}: one value, or several with --tune-cache to choose one")
-    missing = args.cache_theta is None or args.cache_lambda is None
-    if _cache_flags(args) and not args.tune_cache and missing:
-        raise GcnnError(
-            "the cache needs --cache-theta and --cache-lambda, "
-            "or --tune-cache to choose them on the validation split"
-        )
-
-
-def _cache_split(args, tokenizer, directory, files, name: str):
-    from gcnn.evaluation.perplexity import check_vocabulary, tokenize_split
-
-    if name not in files:
-        found = ", ".join(files) or "none"
-        raise GcnnError(f"{directory} has no {name} split (found: {found}); the cache needs it")
-    split = tokenize_split(tokenizer, files[name])
-    if len(split.tokens) == 0:
-        raise GcnnError(f"split file {files[name]} is empty; nothing to evaluate")
-    if not args.allow_oov:
-        check_vocabulary(split, files[name], args.checkpoint)
-    if split.oov:
-        print(f"warning: {split.oov} unknown words in {name} scored as <unk>", file=sys.stderr)
-    return split
-
-
-def _print_cache_result(label: str, result) -> None:
-    with_cache, without = result.cache, result.no_cache
-    change = 100 * (with_cache.perplexity / without.perplexity - 1)
-    print(
-        f"{label}: {with_cache.tokens:,} tokens   perplexity {without.perplexity:.2f} without "
-        f"the cache, {with_cache.perplexity:.2f} with it ({change:+.1f}%)"
-    )
-    if with_cache.word_perplexity is not None:
-        print(
-            f"{label}: per-word perplexity {without.word_perplexity:.2f} without, "
-            f"{with_cache.word_perplexity:.2f} with the cache"
-        )
-
-
-def _perplexity_with_cache(args, model, tokenizer, directory, files, device) -> int:
-    """--cache-*: perplexity with the continuous cache; --tune-cache: choose it on valid first."""
-    from gcnn.evaluation import continuous_cache as cc
-
-    options = dict(block_size=args.block_size, batch_size=args.batch_size, device=device)
-    if args.tune_cache:
-        valid = _cache_split(args, tokenizer, directory, files, "valid")
-        tuned = cc.tune_cache(
-            model,
-            tokenizer,
-            valid.tokens,
-            sizes=args.cache_size or [cc.DEFAULT_SIZE],
-            thetas=args.cache_theta or cc.DEFAULT_THETAS,
-            lambdas=args.cache_lambda or cc.DEFAULT_LAMBDAS,
-            words=valid.words,
-            **options,
-        )
-        config, valid_result = tuned.config, tuned.valid
-        split_name = "test"
-    else:
-        config = cc.CacheConfig(
-            args.cache_size[0] if args.cache_size else cc.DEFAULT_SIZE,
-            args.cache_theta[0],
-            args.cache_lambda[0],
-        )
-        valid_result, split_name = None, args.split
-    split = _cache_split(args, tokenizer, directory, files, split_name)
-    result = cc.evaluate_with_cache(
-        model, tokenizer, split.tokens, config, words=split.words, **options
-    )
-    if args.json:
-        if valid_result is None:
-            print(json.dumps(result.to_json()))
-        else:
-            # valid's time is the whole grid's pass, not the cost of one setting: left out
-            valid_json = valid_result.to_json()
-            test_json = result.to_json()
-            for key in ("cache", "tokens_per_s"):
-                valid_json.pop(key)
-            test_json.pop("cache")
-            out = {"cache": config.to_json(), "grid": tuned.grid_json()}
-            out["valid_mean_sq_norm"] = tuned.mean_sq_norm
-            out["valid_best_by_size"] = tuned.best_by_size()
-            print(json.dumps({**out, "valid": valid_json, "test": test_json}))
-        return 0
-    settings = f"size {config.size}, theta {config.theta:g}, lambda {config.lam:g}"
-    if valid_result is not None:
-        grid = (
-            f"{len(tuned.sizes)} sizes x {len(tuned.thetas)} thetas x {len(tuned.lambdas)} lambdas"
-        )
-        print(f"continuous cache tuned on {directory.name} valid ({grid}): {settings}")
-        print(f"valid: mean squared norm of the hidden states {tuned.mean_sq_norm:.1f}")
-        if len(tuned.sizes) > 1:
-            for row in tuned.best_by_size():
-                print(
-                    f"valid: size {row['size']}: perplexity {row['perplexity']:.2f} "
-                    f"(theta {row['theta']:g}, lambda {row['lambda']:g})"
-                )
-        _print_cache_result("valid", valid_result)
-    else:
-        print(f"continuous cache: {settings}")
-    _print_cache_result(split_name, result)
-    print(
-        f"{split_name}: {result.cache.tokens_per_s:,.0f} tokens/s with the cache "
-        f"({result.cache.seconds:.1f} s)"
-    )
-    return 0
-
-
 def _trained_on(ckpt: dict) -> str | None:
-    train = ckpt.get("train_config") or {}
-    for key in ("data", "dataset", "corpus"):
-        value = train.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
+    """The corpus the checkpoint's run trained on (TrainConfig.data), if it says."""
+    value = (ckpt.get("train_config") or {}).get("data")
+    return value if isinstance(value, str) and value else None
 
 
 # --- score -------------------------------------------------------------------------------------
@@ -278,7 +145,7 @@ def _read_lines(path: str) -> list[str]:
 def cmd_score(args) -> int:
     from gcnn.evaluation.scoring import score_lines
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     _positive("--batch-size", args.batch_size)
     lines = _read_lines(args.input)
     model, tokenizer, _ = _load(args.checkpoint, device)
@@ -299,7 +166,7 @@ def cmd_score(args) -> int:
 def cmd_sample(args) -> int:
     from gcnn.evaluation.sampling import SamplingConfig, sample
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     config = SamplingConfig(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -322,31 +189,20 @@ def cmd_sample(args) -> int:
 
 
 def cmd_latency(args) -> int:
-
-    from gcnn.evaluation.latency import (
-        LatencyConfig,
-        json_records,
-        markdown_table,
-        plot_latency,
-        run_latency,
-    )
+    from gcnn.evaluation.latency import LatencyConfig, run_latency
+    from gcnn.evaluation.latency_report import json_records, markdown_table, plot_latency
+    from gcnn.plotting import pyplot
 
     # nn.LSTM with proj_size (lstm-2048) runs ATen's own kernel instead of oneDNN; torch warns
     # on every call, which would drown the table (docs/evaluation.md says so once)
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
     if args.plot:
-        try:  # fail before minutes of timing, not after
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise GcnnError(
-                f"--plot {args.plot}: matplotlib is not installed; "
-                "pip install 'gcnn[plot]' or drop --plot"
-            ) from None
+        pyplot(f"--plot {args.plot}")  # fail before minutes of timing, not after
     config = LatencyConfig(
         sentence_length=args.sentence_length,
         repeats=_positive("--repeats", args.repeats),
         warmup=args.warmup,
-        device=_device(args.device),
+        device=resolve_device(args.device),
         precision=args.precision,
     )
     if args.batch_size is not None:
@@ -385,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
             default="fp32",
             choices=("auto", "fp32", "bf16"),
             help="fp32 (default: results comparable with fp32 ones), bf16 autocast, or auto: "
-            "whichever is faster here (measured once, cached)",
+            "whichever is faster here (measured, cached)",
         )
         q.add_argument("--batch-size", type=int, default=batch_size)
         q.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -400,20 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-oov", action="store_true", help="score unknown words as <unk>")
     q.add_argument("--json", action="store_true")
     common(q, 8)
-    cache = q.add_argument_group(
-        "continuous cache (Grave et al. 2017; off unless one of these is given)"
-    )
-    cache.add_argument(
-        "--cache-size", type=int, nargs="+", metavar="N", help="cached positions (default 2000)"
-    )
-    cache.add_argument("--cache-theta", type=float, nargs="+", metavar="THETA")
-    cache.add_argument("--cache-lambda", type=float, nargs="+", metavar="LAMBDA")
-    cache.add_argument(
-        "--tune-cache",
-        action="store_true",
-        help="choose size/theta/lambda on valid over a grid (the values given, or a default "
-        "grid), then report valid and test",
-    )
+    from gcnn.evaluation.cache_cli import add_cache_flags
+
+    add_cache_flags(q)
     q.set_defaults(run=cmd_perplexity)
 
     q = sub.add_parser("score", help="log-probability of each line of a text")

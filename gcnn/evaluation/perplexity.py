@@ -9,7 +9,9 @@ history the model can use, so the number does not depend on how the split is cut
 - LSTM: one stream (batch 1) cut into chunks, the state carried from chunk to chunk, so the state
   runs across the whole split.
 
-Log-probabilities are summed in float64 on the host: millions of float32 additions would drift.
+Log-probabilities are summed in float64: millions of float32 additions would drift. The stream
+itself (`exact_stream`: hidden states, targets and their log-probabilities, batch by batch) is
+the one every exact score of a text comes from, the continuous cache's included.
 
 The split is tokenized with the *checkpoint's* tokenizer (WikiText-103 here has no train split to
 rebuild a vocabulary from, and a vocabulary rebuilt from other data would silently differ).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ import torch
 
 from gcnn.data import BlockBatcher, StreamBatcher
 from gcnn.errors import GcnnError
+from gcnn.models.adaptive_softmax import SoftmaxPlan
 
 # More unknown words than this (fraction of the split's words) means the data does not match the
 # checkpoint's vocabulary. WikiText splits have none at all with their own vocabulary (rare words
@@ -116,6 +120,73 @@ def check_vocabulary(split: TokenizedSplit, path: str | Path, ckpt_name: str) ->
         )
 
 
+@dataclass
+class StreamBatch:
+    """One batch of the exact stream, on the device. Its rows are consecutive pieces of the text,
+    so the scored targets, read row by row, come in stream order."""
+
+    hidden: torch.Tensor  # (B, T, D) the states that entered the softmax
+    targets: torch.Tensor  # (B, T) IGNORE_INDEX where not scored (context, padding)
+    log_probs: torch.Tensor  # (B, T) fp32 log p_model(target); 0 where not scored
+    plan: SoftmaxPlan  # the softmax plan of `targets` (on the device)
+
+    @property
+    def count(self) -> int:
+        """Scored targets, known on the host (no device sync)."""
+        return self.plan.count
+
+    def scored(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(hidden (n, D), targets (n,), log_probs (n,)) of the scored targets, in stream order."""
+        keep = self.plan.keep
+        return (
+            self.hidden.reshape(-1, self.hidden.size(-1)).index_select(0, keep),
+            self.targets.reshape(-1).index_select(0, keep),
+            self.log_probs.reshape(-1).index_select(0, keep),
+        )
+
+
+@torch.inference_mode()
+def exact_stream(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    eos_id: int,
+    *,
+    block_size: int = 512,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    context: int | None = None,
+) -> Iterator[StreamBatch]:
+    """The token stream scored exactly, batch by batch in order: every target once.
+
+    `context` cuts every token's history to the previous `context` + 1 tokens (the input right
+    before it plus `context` more; paper Fig. 4): one scored target per row, so no token sees
+    more. None: all the history the model can use (receptive_field - 1 for a GCNN, the whole
+    stream for an LSTM). Which targets count, and which softmax clusters they need, is planned
+    on the host from each batch, so nothing here waits for the device.
+    """
+    model.eval()
+    full = None if model.is_recurrent else max(0, int(model.receptive_field) - 1)
+    if context is not None and context < 0:
+        raise GcnnError(f"context {context}: must be 0 or more")
+    if context is not None and (full is None or context < full):
+        # every row starts from a fresh state: no history beyond the row
+        rows = max(1, block_size * batch_size // (context + 1))
+        batches, carry = BlockBatcher(tokens, eos_id, 1, rows, context=context), False
+    elif model.is_recurrent:
+        # batch of one stream: the state runs from the first token to the last
+        batches, carry = StreamBatcher(tokens, eos_id, block_size, 1), True
+    else:
+        batches, carry = BlockBatcher(tokens, eos_id, block_size, batch_size, context=full), False
+    state = None
+    for inputs, targets in batches.epoch(0):
+        plan = model.plan(targets).to(device)
+        inputs, targets = inputs.to(device), targets.to(device)
+        hidden, new_state = model(inputs, state)
+        state = new_state if carry else None
+        log_probs = model.softmax.target_log_prob(hidden, targets, plan)
+        yield StreamBatch(hidden, targets, log_probs, plan)
+
+
 @torch.inference_mode()
 def corpus_nll(
     model: torch.nn.Module,
@@ -127,46 +198,15 @@ def corpus_nll(
     device: str | torch.device = "cpu",
     context: int | None = None,
 ) -> tuple[float, int]:
-    """(total NLL in nats, number of scored tokens) over the token stream, exactly.
-
-    `context` cuts every token's history to the previous `context` + 1 tokens (the input right
-    before it plus `context` more; paper Fig. 4): one scored target per row, so no token sees
-    more. None: all the history the model can use (receptive_field - 1 for a GCNN, the whole
-    stream for an LSTM).
-    """
-    model.eval()
-    # the NLL is summed on the device in float64 (no host sync until the end); which targets
-    # count, and which softmax clusters they need, is known on the host from each batch
+    """(total NLL in nats, number of scored tokens) over the token stream, exactly (see
+    `exact_stream` for `context`)."""
+    # summed on the device in float64: no host sync until the end
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    full = None if model.is_recurrent else max(0, int(model.receptive_field) - 1)
-    if context is not None and context < 0:
-        raise GcnnError(f"context {context}: must be 0 or more")
-    if context is not None and (full is None or context < full):
-        rows = max(1, block_size * batch_size // (context + 1))
-        for inputs, targets in BlockBatcher(tokens, eos_id, 1, rows, context=context).epoch(0):
-            plan = model.plan(targets)
-            inputs, targets = inputs.to(device), targets.to(device)
-            # every row starts from a fresh state: no history beyond the row
-            total -= model.token_log_probs(inputs, targets, plan.to(device)).double().sum()
-            count += plan.count
-    elif model.is_recurrent:
-        # batch of one stream: the state runs from the first token to the last
-        state = None
-        for inputs, targets in StreamBatcher(tokens, eos_id, block_size, 1).epoch(0):
-            plan = model.plan(targets)
-            inputs, targets = inputs.to(device), targets.to(device)
-            loss, _, state = model.loss(inputs, targets, state, plan.to(device))
-            total += loss.double()
-            count += plan.count
-    else:
-        batcher = BlockBatcher(tokens, eos_id, block_size, batch_size, context=full)
-        for inputs, targets in batcher.epoch(0):
-            plan = model.plan(targets)
-            inputs, targets = inputs.to(device), targets.to(device)
-            # ignored targets score 0: summing everything sums the scored ones
-            total -= model.token_log_probs(inputs, targets, plan.to(device)).double().sum()
-            count += plan.count
+    options = dict(block_size=block_size, batch_size=batch_size, device=device, context=context)
+    for batch in exact_stream(model, tokens, eos_id, **options):
+        total -= batch.log_probs.double().sum()  # unscored targets score 0
+        count += batch.count
     nll = total.item()
     if count != len(tokens):  # a batcher that skips or repeats targets is a bug
         raise RuntimeError(f"scored {count} targets, expected {len(tokens)}")

@@ -289,7 +289,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g.add_argument("--max-updates", type=int)
     g.add_argument("--max-minutes", type=float)
     g = p.add_argument_group("speed")
-    g.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 if the device has it")
+    g.add_argument("--precision", choices=PRECISIONS, help="auto: whichever of fp32/bf16 is faster")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction)
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from gcnn.errors import GcnnError
-from gcnn.precision import cpu_has_bf16, cuda_native_bf16
+from gcnn.precision import hardware_choice
 from gcnn.training.config import TrainConfig
 
 
@@ -94,14 +94,12 @@ def resolve_device(name: str, local_rank: int | None) -> torch.device:
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:
-    """What "auto" means before the model exists: bf16 on a GPU with native bf16, fp32 where
-    there is no bf16 path at all, and "auto" still where only a measurement can tell (a CPU
-    with bf16 instructions: the trainer times both on the model, see gcnn.precision)."""
+    """What "auto" means before the model exists: what the hardware decides (gcnn.precision's
+    one chooser: bf16 on a GPU with native bf16, fp32 where there is no bf16 path), and "auto"
+    still where only a measurement can tell (the trainer then times both on the model)."""
     if config.precision != "auto":
         return config.precision
-    if device.type == "cuda":
-        return "bf16" if cuda_native_bf16(device) else "fp32"
-    return "auto" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    return hardware_choice(device) or "auto"
 
 
 # --- state that must survive a restart ---------------------------------------------------------
