@@ -1,4 +1,4 @@
-"""The machinery behind experiments/run.py: runs, their records, resuming and time estimates.
+"""The runner behind experiments/run.py: what a run is, executing it, its record, resuming.
 
 A *run* is one train.py call with one seed (or one benchmark command). When it has finished, the
 runner evaluates its best checkpoint exactly (gcnn.evaluation, fp32, every token of the valid and
@@ -17,55 +17,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import datetime
-import importlib
-import importlib.util
-import io
 import json
-import math
 import os
-import platform
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+from launch import Interrupted, last_line, launch
+from measure import (
+    exact_perplexity,
+    flops_per_token,
+    model_from_flags,
+    read_metrics,
+    train_config,
+    validation_curve,
+)
+from records import FORMAT, RECORDS, RUNS, machine, now, write_json
 
 from gcnn.errors import GcnnError
-
-ROOT = Path(__file__).resolve().parent.parent
-RECORDS = ROOT / "experiments" / "records"
-RUNS = ROOT / "runs" / "experiments"
-FORMAT = "gcnn-experiment"
-# the gating variants as the paper names them (run.py labels, report.py tables)
-NAMES = {
-    "glu": "GLU",
-    "gtu": "GTU",
-    "bilinear": "bilinear",
-    "relu": "ReLU",
-    "tanh": "Tanh",
-    "linear": "linear",
-}
-
-# Before any record exists, estimates use these rates: seconds per training token of gcnn-small /
-# lstm-small on WikiText-2, bf16, on the idle 2-core AMD EPYC (docs/training.md: 9,500 and about
-# 25,000 tokens/s), and the seconds a run spends besides training (start-up, validations, the
-# exact valid + test evaluation; an LSTM scores one stream at batch 1) - a guess until the first
-# records of a machine replace both.
-FALLBACK_RATE = {"gcnn": 1 / 9500, "lstm": 1 / 20000}
-FALLBACK_EVAL_S = {"gcnn": 30.0, "lstm": 90.0}
-FALLBACK_COMMAND_S = 90.0
-
-
-class Interrupted(Exception):
-    """The user stopped a run (Ctrl-C / SIGTERM): its checkpoint is saved, re-running resumes."""
-
 
 # --- what a run is -----------------------------------------------------------------------------
 
@@ -148,299 +120,7 @@ class Parser(argparse.ArgumentParser):
         raise GcnnError(f"{message} (see `{self.prog} --help`)")
 
 
-# --- the machine -------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    """Where a figure was measured: CPU model and features, cores, torch, threads, GPU."""
-    flags = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    info = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
-        "torch": torch.__version__,
-        "threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if commit.returncode == 0:
-            info["commit"] = commit.stdout.strip()
-    return info
-
-
-def describe_machine(m: dict) -> str:
-    threads = m.get("threads")
-    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
-    return (
-        f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores{', bf16' if m.get('cpu_bf16') else ''}),"
-        f" torch {m.get('torch', '?')}, {threads} thread{'s' if threads != 1 else ''}{gpu}"
-    )
-
-
-# --- launching train.py and other scripts ------------------------------------------------------
-
-# Scripts that execute on import: in-process runs call their library entry point instead.
-IN_PROCESS = {"train.py": "gcnn.training.cli", "evaluate.py": "gcnn.evaluation.cli"}
-
-
-def launch(
-    script: str, argv: list[str], options: Options, capture: bool = False
-) -> tuple[int, str, str]:
-    """Run `python script argv` (exit status, stdout if captured, stderr's last lines)."""
-    if options.in_process:
-        return _launch_in_process(script, argv, capture)
-    prefix = options.launch if (options.launch and script == "train.py") else [sys.executable]
-    cmd = [*prefix, str(ROOT / script), *argv]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,  # paths in the flags are relative to the repository (e.g. --config)
-    )
-    try:
-        if capture:
-            out, err = proc.communicate()
-            sys.stderr.write(err)
-            return proc.returncode, out, err
-        tail: list[str] = []
-        for line in proc.stderr:  # echo as it comes, keep the end for the error message
-            sys.stderr.write(line)
-            tail = (tail + [line])[-20:]
-        return proc.wait(), "", "".join(tail)
-    except KeyboardInterrupt:
-        proc.wait()  # train.py saves its checkpoint on Ctrl-C, then exits 130
-        raise Interrupted from None
-
-
-def _launch_in_process(script: str, argv: list[str], capture: bool) -> tuple[int, str, str]:
-    from gcnn.errors import run_cli
-
-    if script in IN_PROCESS:
-        main = importlib.import_module(IN_PROCESS[script]).main
-        entry = lambda: main(argv)  # noqa: E731
-    else:
-        spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        entry = lambda: run_cli(lambda: module.main(argv))  # noqa: E731
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(ROOT), contextlib.redirect_stderr(err):
-        if capture:
-            with contextlib.redirect_stdout(out):
-                rc = entry()
-        else:
-            rc = entry()
-    sys.stderr.write(err.getvalue())
-    return int(rc or 0), out.getvalue(), err.getvalue()
-
-
-# --- training configs, budgets, FLOPs ----------------------------------------------------------
-
-
-def train_config(args: list[str]):
-    """The TrainConfig that train.py would run with these flags (defaults resolved)."""
-    from gcnn.training.config import compose, parse_flags
-    from gcnn.training.trainer import resolve
-
-    config_file, flags = parse_flags(args)
-    with contextlib.chdir(ROOT):  # where train.py runs: --config paths are relative to it
-        return resolve(compose(flags, config_file))
-
-
-def model_from_flags(argv: list[str]):
-    """The model train.py builds from these flags (untrained), and its resolved config dict."""
-    from gcnn.data import prepare_corpus
-    from gcnn.models import build_model
-    from gcnn.training.trainer import model_overrides, resolve
-
-    config = train_config(argv)
-    corpus = prepare_corpus(
-        config.data, tokenizer=config.tokenizer, vocab_size=config.vocab_size, splits=("train",)
-    )
-    model = build_model(config.model, corpus.tokenizer.vocab_size, **model_overrides(config))
-    return model, dataclasses.asdict(resolve(config, model))
-
-
-def model_family(preset: str) -> str:
-    from gcnn.models import PRESETS
-
-    return PRESETS.get(preset, {}).get("family", "gcnn")
-
-
-def flops_per_token(model, config: dict, train_tokens: np.ndarray) -> dict:
-    """Forward and training FLOPs per scored training token (2 x multiply-adds).
-
-    forward = network x (block + context) / block   (a GCNN also runs its unscored context)
-            + adaptive-softmax head                  (runs on scored targets only)
-            + expected tail: sum_i P(target in cluster i) x FLOPs of tail i, P from the train split
-    training = 3 x forward (the backward pass costs about twice the forward: Kaplan et al. 2020).
-    Ignored: embedding lookups, gates, residual sums, weight norm, dropout, the optimizer.
-    """
-    softmax = model.softmax
-    head = softmax.flops_per_token(full=False)
-    network = model.flops_per_token(full_softmax=False) - head
-    if not model.is_recurrent:
-        block, context = config["block_size"], config.get("context") or 0
-        network = network * (block + context) / block
-    counts = np.bincount(np.asarray(train_tokens), minlength=softmax.vocab_size)
-    tail = 0.0
-    for i, layers in enumerate(softmax.tails):
-        share = counts[softmax.bounds[i] : softmax.bounds[i + 1]].sum() / max(1, counts.sum())
-        linears = [m for m in layers if isinstance(m, torch.nn.Linear)]
-        tail += share * 2 * sum(m.in_features * m.out_features for m in linears)
-    forward = network + head + tail
-    return {
-        "network": network,
-        "head": head,
-        "tail": tail,
-        "forward": forward,
-        "train": 3 * forward,
-    }
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):
-                rows.append(json.loads(line))
-    return rows
-
-
-def validation_curve(rows: list[dict], train_flops_per_token: float) -> list[dict]:
-    """One point per validation. `train_s` is training time alone, summed from the logged rates
-    (each metrics line's tokens/s covers the updates since the previous line, validations
-    excluded); `wall_s` is the trainer's clock, validations included."""
-    points, train_s, last_tokens, last_rate = [], 0.0, 0, None
-    for row in rows:
-        if row.get("train_loss") is not None and row.get("tokens_per_s"):
-            train_s += (row["tokens"] - last_tokens) / row["tokens_per_s"]
-            last_tokens, last_rate = row["tokens"], row["tokens_per_s"]
-        if row.get("valid_ppl") is not None:
-            since = row["tokens"] - last_tokens
-            t = train_s + (since / last_rate if last_rate else 0.0)
-            points.append(
-                {
-                    "update": row["step"],
-                    "tokens": row["tokens"],
-                    "epoch": row.get("epoch"),
-                    "wall_s": row.get("wall_s"),
-                    "train_s": round(t if last_rate else row.get("wall_s") or 0.0, 3),
-                    "train_flops": row["tokens"] * train_flops_per_token,
-                    "valid_ppl": row["valid_ppl"],
-                }
-            )
-    return points
-
-
-# --- exact evaluation --------------------------------------------------------------------------
-
-
-def exact_perplexity(model, tokenizer, data: str, splits, contexts, context_tokens, options):
-    """{split: result} over every token, and the test split with truncated histories."""
-    from gcnn.data import find_split_files, resolve_corpus
-    from gcnn.evaluation import evaluate_perplexity, tokenize_split
-    from gcnn.evaluation.perplexity import check_vocabulary
-
-    files = find_split_files(resolve_corpus(data))
-    kwargs = {
-        "block_size": options.eval_block_size,
-        "batch_size": options.eval_batch_size,
-        "device": next(model.parameters()).device,
-    }
-    results, curve = {}, []
-    for split in dict.fromkeys([*splits, *(["test"] if contexts else [])]):
-        if split not in files:
-            raise GcnnError(f"corpus {data} has no {split} split to evaluate")
-        tokens = tokenize_split(tokenizer, files[split])
-        check_vocabulary(tokens, files[split], "of this run")
-        if split in splits:
-            r = evaluate_perplexity(model, tokenizer, tokens.tokens, **kwargs)
-            results[split] = {
-                "ppl": r.perplexity,
-                "loss": r.loss,
-                "tokens": r.tokens,
-                "seconds": r.seconds,
-            }
-        if split == "test" and contexts:
-            subset = tokens.tokens[:context_tokens] if context_tokens else tokens.tokens
-            for context in contexts:
-                r = evaluate_perplexity(model, tokenizer, subset, context=context, **kwargs)
-                curve.append(
-                    {
-                        "context": context,
-                        "history": context + 1,
-                        "ppl": r.perplexity,
-                        "seconds": r.seconds,
-                    }
-                )
-    return results, curve
-
-
-# --- records -----------------------------------------------------------------------------------
-
-
-def now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def load_records(root: Path, study: str | None = None) -> list[dict]:
-    """Every record under root (or root/study), sorted by path."""
-    base = root / study if study else root
-    records = []
-    for path in sorted(base.rglob("*.json")) if base.is_dir() else []:
-        with contextlib.suppress(ValueError, OSError):
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(record, dict) and record.get("format") == FORMAT:
-                records.append(record)
-    return records
-
-
-def to_json(data: dict) -> str:
-    """One line per key, and per item of a list of points: small diffs, readable in review."""
-
-    def value(v) -> str:
-        if isinstance(v, list) and v and isinstance(v[0], dict | list):
-            return "[\n  " + ",\n  ".join(json.dumps(item) for item in v) + "\n ]"
-        return json.dumps(v)
-
-    return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in data.items()) + "\n}\n"
-
-
-def write_json(path: Path, data: dict) -> None:
-    from gcnn.data import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "w") as f:
-        f.write(to_json(data))
+# --- running ------------------------------------------------------------------------------------
 
 
 class Runner:
@@ -538,11 +218,11 @@ class Runner:
         return record
 
     def execute_command(self, run: Run) -> dict:
-        t0 = time.perf_counter()
-        rc, out, err = launch(run.script, run.args, self.options, capture=True)
+        o, t0 = self.options, time.perf_counter()
+        rc, out, err = launch(run.script, run.args, o.in_process, o.launch, capture=True)
         if rc != 0:
             raise GcnnError(
-                f"{run.study}/{run.run_id}: {run.script} failed (exit {rc}): {_last_line(err)}"
+                f"{run.study}/{run.run_id}: {run.script} failed (exit {rc}): {last_line(err)}"
             )
         result = {"command_s": round(time.perf_counter() - t0, 2), "stdout": out}
         with contextlib.suppress(ValueError):
@@ -559,7 +239,8 @@ class Runner:
         if resumed:
             argv.append("--resume")  # an interrupted run continues where it stopped
         t0 = time.perf_counter()
-        rc, _, err = launch("train.py", argv, self.options)
+        o = self.options
+        rc, _, err = launch("train.py", argv, o.in_process, o.launch)
         process_s = time.perf_counter() - t0
         status = "ok"
         if rc in (130, 143):
@@ -568,7 +249,7 @@ class Runner:
             status = "diverged"  # a result (e.g. NAG without clipping), not a failure
         elif rc != 0:
             raise GcnnError(
-                f"{run.study}/{run.run_id}: train.py failed (exit {rc}): {_last_line(err)}; "
+                f"{run.study}/{run.run_id}: train.py failed (exit {rc}): {last_line(err)}; "
                 f"command: {shlex.join(self.command(run))}"
             )
         rows = read_metrics(out / "metrics.jsonl")
@@ -641,63 +322,6 @@ class Runner:
         if not self.options.keep_runs:
             shutil.rmtree(out, ignore_errors=True)
         return record
-
-    # -- estimates ------------------------------------------------------------------------------
-
-    def estimate(self, runs: list[Run], known: list[dict]) -> tuple[float, str]:
-        """Seconds for `runs`, from records of this machine where there are any."""
-        total, sources = 0.0, set()
-        for run in runs:
-            seconds, source = estimate_run(run, known)
-            total += seconds
-            sources.add(source)
-        return total, ", ".join(sorted(sources))
-
-
-def estimate_run(run: Run, known: list[dict]) -> tuple[float, str]:
-    same = [
-        r["wall_s"]
-        for r in known
-        if r.get("study") == run.study and r.get("variant") == run.variant and not r.get("resumed")
-    ]
-    if same:
-        return float(np.median(same)), "records of the same variant"
-    if not run.is_training:
-        return FALLBACK_COMMAND_S, "a guess"
-    config = train_config(run.args)
-    family = model_family(config.model)
-    tokens = None
-    if config.max_updates is not None:
-        tokens = config.max_updates * config.tokens_per_batch
-    peers = [
-        r
-        for r in known
-        if r.get("model", {}).get("family") == family and r.get("done", {}).get("train_s")
-    ]
-    peers = [r for r in peers if r["config"].get("data") == config.data] or peers
-    if peers:
-        rate = float(np.median([r["done"]["train_s"] / max(1, r["done"]["tokens"]) for r in peers]))
-        # a resumed run's wall_s covers only its last process, so it says nothing of the overhead
-        whole = [r for r in peers if not r.get("resumed")]
-        overhead = (
-            max(0.0, float(np.median([r["wall_s"] - r["done"]["train_s"] for r in whole])))
-            if whole
-            else FALLBACK_EVAL_S[family]
-        )
-        source = f"{family} records"
-    else:
-        rate, overhead, source = FALLBACK_RATE[family], FALLBACK_EVAL_S[family], "built-in rates"
-    seconds = math.inf if tokens is None else tokens * rate
-    if config.max_minutes is not None:
-        seconds = min(seconds, 60 * config.max_minutes)
-    if math.isinf(seconds):  # epochs only: assume WikiText-2's 2.09M training tokens per epoch
-        seconds = (config.max_epochs or 1) * 2_088_628 * rate
-    return seconds + overhead, source
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
 
 
 def _loadavg() -> float | None:

@@ -316,7 +316,7 @@ def test_results_page_without_matplotlib(studies, tmp_path, monkeypatch, capsys)
 
 
 def test_training_flops_count_context_and_only_the_tails_targets_need():
-    from runner import flops_per_token
+    from measure import flops_per_token
 
     tiny = {"embed_dim": 8, "cutoffs": [4, 8], "tail_factor": 2}
     gcnn = build_model("gcnn-small", 12, blocks=[{"layers": [[3, 8]], "repeat": 2}], **tiny)
@@ -336,7 +336,7 @@ def test_training_flops_count_context_and_only_the_tails_targets_need():
 
 
 def test_training_time_excludes_validations():
-    from runner import validation_curve
+    from measure import validation_curve
 
     rows = [  # 100 tokens/s while training; validations take wall time the curve must drop
         {"step": 2, "tokens": 200, "train_loss": 5.0, "tokens_per_s": 100.0, "wall_s": 2.0},
@@ -352,7 +352,7 @@ def test_training_time_excludes_validations():
 
 
 def test_flags_after_dashes_reach_each_family_only_where_they_apply():
-    from run import for_family
+    from study import for_family
 
     flags = ["--model-arg", "embed_dim=16", "--model-arg=blocks=[]", "--gating", "relu",
              "--no-weight-norm", "--lr", "0.1", "--model-arg", "hidden_size=3"]  # fmt: skip
@@ -363,17 +363,18 @@ def test_flags_after_dashes_reach_each_family_only_where_they_apply():
 
 
 def test_a_sweep_won_at_its_edge_is_flagged():
-    import report
+    from page import edge_warning
 
-    assert report.edge_warning("LSTM", 0.01, [0.005, 0.01, 0.02]) == []
-    (line,) = report.edge_warning("LSTM", 0.02, [0.005, 0.01, 0.02])
+    assert edge_warning("LSTM", 0.01, [0.005, 0.01, 0.02]) == []
+    (line,) = edge_warning("LSTM", 0.02, [0.005, 0.01, 0.02])
     assert "largest swept" in line and "0.02" in line
-    assert "smallest swept" in report.edge_warning("NAG", 0.1, [0.1, 0.3, 1.0])[0]
-    assert report.edge_warning("NAG", 0.1, [0.1]) == []  # no sweep, nothing to flag
+    assert "smallest swept" in edge_warning("NAG", 0.1, [0.1, 0.3, 1.0])[0]
+    assert edge_warning("NAG", 0.1, [0.1]) == []  # no sweep, nothing to flag
 
 
 def test_estimates_ignore_the_partial_wall_time_of_resumed_runs():
     import runner
+    from estimate import estimate_run
 
     def record(wall_s: float, resumed: bool) -> dict:
         done = {"train_s": 100.0, "tokens": 100_000}
@@ -388,10 +389,10 @@ def test_estimates_ignore_the_partial_wall_time_of_resumed_runs():
         }
 
     run = runner.Run("default", "gcnn-small", 1, ["--max-updates", "10"])
-    seconds, source = runner.estimate_run(run, [record(130.0, False), record(20.0, True)])
+    seconds, source = estimate_run(run, [record(130.0, False), record(20.0, True)])
     assert source == "records of the same variant" and seconds == 130.0
     other = runner.Run("gating", "glu", 1, ["--max-updates", "10"])
-    seconds, _ = runner.estimate_run(other, [record(20.0, True)])
+    seconds, _ = estimate_run(other, [record(20.0, True)])
     assert seconds > 0  # a resumed run's 20 s of wall time against 100 s of training: no overhead
 
 

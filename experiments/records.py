@@ -1,0 +1,122 @@
+"""What a record is: one JSON file per finished run, read, written, and the machine it names.
+
+A record (experiments/records/<study>/<run-id>.json) holds a run's settings, seed, budget,
+machine, curves and exact perplexities; experiments/runner.py writes it, the report reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "experiments" / "records"
+RUNS = ROOT / "runs" / "experiments"
+FORMAT = "gcnn-experiment"
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def load_records(root: Path, study: str | None = None) -> list[dict]:
+    """Every record under root (or root/study), sorted by path."""
+    base = root / study if study else root
+    records = []
+    for path in sorted(base.rglob("*.json")) if base.is_dir() else []:
+        with contextlib.suppress(ValueError, OSError):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(record, dict) and record.get("format") == FORMAT:
+                records.append(record)
+    return records
+
+
+def test_ppl(record: dict) -> float | None:
+    return (record.get("eval") or {}).get("test", {}).get("ppl")
+
+
+def valid_ppl(record: dict) -> float | None:
+    return (record.get("eval") or {}).get("valid", {}).get("ppl")
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def to_json(data: dict) -> str:
+    """One line per key, and per item of a list of points: small diffs, readable in review."""
+
+    def value(v) -> str:
+        if isinstance(v, list) and v and isinstance(v[0], dict | list):
+            return "[\n  " + ",\n  ".join(json.dumps(item) for item in v) + "\n ]"
+        return json.dumps(v)
+
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in data.items()) + "\n}\n"
+
+
+def write_json(path: Path, data: dict) -> None:
+    from gcnn.data import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as f:
+        f.write(to_json(data))
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """Where a figure was measured: CPU model and features, cores, torch, threads, GPU."""
+    import torch
+
+    flags = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "torch": torch.__version__,
+        "threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip()
+    return info
+
+
+def describe_machine(m: dict) -> str:
+    threads = m.get("threads")
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return (
+        f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores{', bf16' if m.get('cpu_bf16') else ''}),"
+        f" torch {m.get('torch', '?')}, {threads} thread{'s' if threads != 1 else ''}{gpu}"
+    )

@@ -1,0 +1,108 @@
+"""Study 6, the default run: `python train.py` as a user runs it (+ lstm-small); its section.
+
+Also the table and the goal sentence that the longer recipe's study (studies/long.py) shares.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from measure import model_family
+from page import RUN, machines, no_records, plural, table
+from records import test_ppl, valid_ppl
+from runner import Run, Runner
+from stats import mean, spread
+from study import StudyOptions, for_family, seeds, selected, user_budget
+
+NAME = "default"
+TITLE = "6. The default run: `python train.py`"
+GOAL = (140, 10)  # test perplexity within minutes (the results issue's goal)
+REFERENCE = (
+    "For comparison, pytorch/examples' word-level LSTM (2×200) reaches 142.1 after 6 "
+    "epochs (its users' report) and 234.5 after its first epoch (14.6 min on this 2-core "
+    "machine)."
+)
+
+
+def runs(runner: Runner, o: StudyOptions) -> None:
+    """`python train.py` exactly as a user types it (only --seed and --out added), timed, then the
+    exact valid and test perplexity; `python train.py --model lstm-small` beside it."""
+    data = [] if o.data == "wikitext-2" else ["--data", o.data]
+    commands = {
+        "gcnn-small": [*data, *user_budget(o), *o.extra],
+        "lstm-small": [
+            "--model",
+            "lstm-small",
+            *data,
+            *user_budget(o),
+            *for_family(o.extra, "lstm"),
+        ],
+    }
+    runs = []
+    for s in seeds(o, default=1):
+        for variant, args in commands.items():
+            label = shlex.join(["python", "train.py", *args])
+            info = {"family": model_family(variant)}
+            runs.append(Run("default", variant, s, args, label=label, info=info))
+    runner.run(selected(o, runs))
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+def section(records: list[dict], plots: dict) -> list[str]:
+    return section_runs(TITLE, NAME, records, default_target(records, *GOAL, REFERENCE))
+
+
+def section_runs(title: str, study: str, records: list[dict], target: str) -> list[str]:
+    if not records:
+        return no_records(title, f"{RUN} {study}")
+    rows, resumed = [], False
+    for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
+        d = r["done"]
+        # A resumed run's process time covers only its last process; the trainer's clock runs on
+        # across the resume, so it stands in (training and validation, without start-up).
+        wall = f"{d['process_s'] / 60:.1f}"
+        if r.get("resumed"):
+            wall, resumed = f"{d['trainer_wall_s'] / 60:.1f}†", True
+        rows.append(
+            [
+                f"`{r['label']}`",
+                str(r["seed"]),
+                wall,
+                f"{d['updates']:,}",
+                f"{d['tokens'] / 1e6:.2f}M ({d['epochs'] or 0:.2f} ep.)",
+                spread([valid_ppl(r)]),
+                spread([test_ppl(r)]),
+            ]
+        )
+    lines = [
+        f"## {title}",
+        "",
+        f"- Command: `{RUN} {study}` (each run: `python train.py` as listed, timed as `time` "
+        "would, then exact evaluation)",
+        f"- Machine: {machines(records)}.",
+        "",
+    ]
+    lines += table(
+        ["command", "seed", "wall (min)", "updates", "tokens", "valid ppl", "test ppl"], rows
+    )
+    if resumed:
+        lines += ["", "† resumed after an interruption: the trainer's clock over both processes."]
+    return lines + ["", target, ""]
+
+
+def default_target(records: list[dict], goal: float, minutes: float, reference: str) -> str:
+    """The GCNN runs' test perplexity and wall time against the issue's goal."""
+    gcnn = [r for r in records if r["info"].get("family") == "gcnn" and test_ppl(r)]
+    if not gcnn:
+        return ""
+    ppl = mean([test_ppl(r) for r in gcnn])
+    key = {True: "trainer_wall_s", False: "process_s"}  # see section_runs
+    wall = mean([r["done"][key[bool(r.get("resumed"))]] for r in gcnn]) / 60
+    met = "met" if ppl <= goal and wall <= minutes else "not met"
+    return (
+        f"`{gcnn[0]['label']}`: test perplexity {ppl:.1f} in {wall:.1f} min "
+        f"({'mean of ' + plural(len(gcnn), 'seed') if len(gcnn) > 1 else 'one seed'}), against "
+        f"the goal of ≤ {goal:g} within {minutes:g} minutes: {met}. {reference}"
+    )
