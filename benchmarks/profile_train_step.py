@@ -21,8 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from gcnn.errors import GcnnError, run_cli
+from gcnn.machine import cpu_name
 from gcnn.models import PRESETS, build_model
-from gcnn.precision import cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import (  # noqa: E402

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shlex
 
 from runner import Run, Runner
-from studies.default import default_target, section_runs
 from study import StudyOptions, for_family, seeds, selected, user_budget
+
+from studies.default import default_target, section_runs
 
 NAME = "long"
 TITLE = "7. The longer CPU recipe (at most 60 minutes)"
