@@ -21,7 +21,7 @@ import torch
 
 from gcnn.data import BlockBatcher
 from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name
+from gcnn.machine import cpu_name, reported_load
 from gcnn.models import build_model
 
 WT103_TRAIN_TOKENS = 103_227_021
@@ -110,4 +110,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

@@ -14,7 +14,6 @@ checkpoint gcnn-small with random weights is measured on WikiText-2's vocabulary
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -24,7 +23,7 @@ from gcnn.errors import GcnnError, run_cli
 from gcnn.evaluation.cache_evaluation import evaluate_with_cache
 from gcnn.evaluation.continuous_cache import DEFAULT_SIZE, CacheConfig
 from gcnn.evaluation.perplexity import corpus_nll
-from gcnn.machine import cpu_name
+from gcnn.machine import cpu_name, reported_load
 
 
 def models_and_tokens(checkpoints: list[str], split: str):
@@ -70,7 +69,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     options = dict(block_size=args.block_size, batch_size=args.batch_size)
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(
         f"cache: size {config.size}, theta {config.theta:g}, lambda {config.lam:g}; "
         f"blocks of {args.block_size} x {args.batch_size}; {args.split} split; "
@@ -97,8 +95,9 @@ def main() -> None:
             f"{with_cache / without:.2f}x |",
             flush=True,
         )
-    print(f"\nload average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

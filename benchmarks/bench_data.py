@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gcnn.data import find_split_files, prepare_corpus, read_chunks, resolve_corpus
 from gcnn.errors import GcnnError, run_cli
+from gcnn.machine import reported_load
 
 
 def build_corpus(source: Path, target: Path, repeat: int) -> int:
@@ -83,10 +84,6 @@ class MemorySampler(threading.Thread):
         return self.peak
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="wikitext-2", help="corpus whose train is repeated")
@@ -103,7 +100,7 @@ def main() -> None:
         size = build_corpus(source, work, args.repeat)
         mb = size / 1e6
         print(f"corpus: {mb:.0f} MB of text ({args.repeat} x {args.source} train + valid/test)")
-        print(f"cores : {os.cpu_count()}, load average before: {load_average()}")
+        print(f"cores : {os.cpu_count()}")
 
         sampler = MemorySampler()
         before = resident_mb()
@@ -119,7 +116,8 @@ def main() -> None:
         )
         print(f"        {tokens:,} tokens, vocabulary {corpus.tokenizer.vocab_size:,}")
         # Wall time depends on what else runs on the machine; CPU time much less so.
-        print(f"        CPU {cpu:.1f} s (this process + workers), load average {load_average()}")
+        load_now = os.getloadavg()[0]
+        print(f"        CPU {cpu:.1f} s (this process + workers), load average {load_now:.1f}")
         print(
             f"memory: peak {peak:,.0f} MB resident, this process and its workers together "
             f"({before:,.0f} MB before the build; the text is {mb:,.0f} MB); target <= 2,000 MB"
@@ -136,4 +134,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

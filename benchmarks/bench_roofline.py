@@ -41,6 +41,7 @@ from gcnn.evaluation.workload import (
     scoring_fn,
     word_rank_probs,
 )
+from gcnn.machine import reported_load
 from gcnn.timing import interleaved_timings
 
 
@@ -172,4 +173,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

@@ -19,6 +19,7 @@ import torch
 
 from gcnn.errors import GcnnError, run_cli
 from gcnn.evaluation.sampling import SamplingConfig, choose_token
+from gcnn.machine import reported_load
 from gcnn.models import build_model
 
 VOCAB = 33_278
@@ -75,4 +76,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name
+from gcnn.machine import cpu_name, reported_load
 from gcnn.models import PRESETS, build_model
 from gcnn.precision import choose_precision
 
@@ -305,4 +305,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

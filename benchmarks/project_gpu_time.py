@@ -24,6 +24,7 @@ import torch
 
 from gcnn.errors import GcnnError, run_cli
 from gcnn.evaluation.workload import WT103_VOCAB, word_rank_probs
+from gcnn.machine import reported_load
 from gcnn.models import build_model
 
 WT103_TRAIN_TOKENS = 103_227_021
@@ -95,4 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

@@ -220,6 +220,7 @@ def test_roofline_benchmark_bounds_every_model_below_its_measured_latency():
     args += ["--sentence-length", "8", "--precision", "fp32"]
     run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+    assert "load average before: " in run.stdout and "load average after: " in run.stdout
     rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| ")]
     rows = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
     assert set(rows) == {"gcnn-small", "lstm-small"}

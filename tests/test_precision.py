@@ -1,4 +1,6 @@
-"""--precision auto: decided by timing the model's own work, cached, and harmless to the run."""
+"""--precision auto: decided by timing the model's own work, cached, and harmless to the run; a
+measurement taken on a busy machine is not cached, and a cached choice that no longer holds is
+measured again (issue 21). No real timing decides anything here: timers and loads are injected."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gcnn import precision
+from gcnn import machine, precision
 from gcnn.models import build_model
 from gcnn.timing import Timing
 from gcnn.training.cli import main
@@ -23,6 +25,9 @@ from test_train import args  # noqa: E402
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GCNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    # a quiet 2-core machine unless a test says otherwise (the real one is shared)
+    monkeypatch.setattr(machine, "cores", lambda: 2)
+    monkeypatch.setattr(machine, "load_average", lambda: 0.1)
 
 
 def timings(fp32: float, bf16: float) -> dict[str, Timing]:
@@ -37,21 +42,22 @@ def tiny():
 
 
 @pytest.mark.parametrize("faster", ["fp32", "bf16"])
-def test_auto_picks_the_faster_and_measures_once(monkeypatch, faster):
+def test_auto_picks_the_faster_and_measures_in_full_once(monkeypatch, faster):
     model, x, y = tiny()
     calls = []
 
     def fake(model, inputs, targets, mode, rounds=3):
-        calls.append(mode)
+        calls.append((mode, rounds))
         return timings(1.0, 2.0) if faster == "fp32" else timings(2.0, 1.0)
 
     monkeypatch.setattr(precision, "measure_precisions", fake)
     assert precision.choose_precision(model, x, y, "train") == faster
-    assert precision.choose_precision(model, x, y, "train") == faster  # from the cache
-    assert calls == ["train"]
+    assert precision.choose_precision(model, x, y, "train") == faster  # cached, re-checked
+    recheck = ("train", precision.RECHECK_ROUNDS)
+    assert calls == [("train", 3), recheck] and precision.RECHECK_ROUNDS < 3
     assert precision.choose_precision(model, x[:1], y[:1], "train") == faster  # another shape
     assert precision.choose_precision(model, x, y, "score") == faster  # another kind of work
-    assert calls == ["train", "train", "score"]
+    assert calls == [("train", 3), recheck, ("train", 3), ("score", 3)]
     cached = json.loads(precision.cache_path().read_text())
     assert sum(isinstance(v, dict) for v in cached.values()) == 3
 
@@ -134,3 +140,186 @@ def test_evaluation_precision_flag(tiny_corpus, tmp_path, capsys, monkeypatch, f
     assert seen == ["score"]
     assert results["bf16"] == pytest.approx(results["fp32"], rel=0.02)
     assert results["auto"] == results["bf16"]  # auto chose bf16, the (pretended) faster
+
+
+# --- a choice that cannot be poisoned (issue 21) -------------------------------------------------
+
+CPU = torch.device("cpu")
+
+
+class FakeMachine:
+    """Timings and 1-minute loads to hand out, in order: what each measurement will see."""
+
+    def __init__(self, monkeypatch):
+        self.loads: list[float] = []
+        self.results: list[dict[str, Timing]] = []
+        self.rounds: list[int] = []
+        monkeypatch.setattr(
+            machine, "load_average", lambda: self.loads.pop(0) if self.loads else 0.1
+        )
+
+    def measure(self, rounds: int) -> dict[str, Timing]:
+        self.rounds.append(rounds)
+        return self.results.pop(0)
+
+    def will_measure(self, fp32: float, bf16: float, load=(0.1, 0.1), spread=0.0) -> None:
+        """The next measurement: seconds per call, load before/after, and how much its rounds
+        disagree ((max − min) / median of three rounds)."""
+        self.loads += list(load)
+        self.results.append(
+            {p: Timing.of([t, t * (1 + spread), t]) for p, t in (("fp32", fp32), ("bf16", bf16))}
+        )
+
+
+def cached_entry(work: str = "w"):
+    data = json.loads(precision.cache_path().read_text()) if precision.cache_path().exists() else {}
+    return data.get(precision.machine_key(CPU, work))
+
+
+def test_a_quiet_measurement_is_cached_with_its_load_and_both_timings(monkeypatch):
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.16, bf16=0.10, load=(0.2, 1.1))  # 1.1 − our 1 thread: quiet
+    choice = precision.choose(CPU, "w", fake.measure)
+    assert (choice.precision, choice.source, choice.cached) == ("bf16", "fresh", True)
+    entry = cached_entry()
+    assert entry["choice"] == "bf16" and entry["seconds"] == {"fp32": 0.16, "bf16": 0.10}
+    assert entry["load"] == {"before": 0.2, "after": 1.1, "cores": 2, "threads": 1}
+
+
+@pytest.mark.parametrize(
+    "load, spread",
+    [((1.6, 1.7), 0.0), ((0.2, 2.4), 0.0), ((0.1, 0.1), 0.5)],
+    ids=["busy-before", "busy-after", "rounds-disagree"],
+)
+def test_a_busy_or_noisy_measurement_decides_this_run_but_is_not_cached(monkeypatch, load, spread):
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.10, bf16=0.16, load=load, spread=spread)
+    lines = []
+    choice = precision.choose(CPU, "w", fake.measure, lines.append)
+    assert (choice.precision, choice.source, choice.cached) == ("fp32", "fresh", False)
+    assert not choice.measurement.trusted and cached_entry() is None
+    assert "used for this run only" in lines[-1]
+    # the next run measures in full again, on a quiet machine this time, and keeps that
+    fake.will_measure(fp32=0.16, bf16=0.10)
+    choice = precision.choose(CPU, "w", fake.measure)
+    assert (choice.precision, choice.source, choice.cached) == ("bf16", "fresh", True)
+    assert fake.rounds == [3, 3]
+
+
+def poison(choice: str, fp32: float, bf16: float, load: dict) -> None:
+    key = precision.machine_key(CPU, "w")
+    entry = {"choice": choice, "seconds": {"fp32": fp32, "bf16": bf16}}
+    entry |= {"spread": {"fp32": 0.0, "bf16": 0.0}, "load": load, "cpu": "x"}
+    precision.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    data = {"version": precision.CACHE_VERSION, key: entry}
+    precision.cache_path().write_text(json.dumps(data))
+
+
+def test_a_poisoned_entry_recorded_under_load_is_measured_again(monkeypatch):
+    # issue 21's incident: measured while another process kept both cores busy, fp32 "won"
+    poison("fp32", 0.20, 0.25, {"before": 2.1, "after": 3.0, "cores": 2, "threads": 2})
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.16, bf16=0.10)  # quiet: bf16 is 1.6x faster
+    choice = precision.choose(CPU, "w", fake.measure)
+    assert (choice.precision, choice.source, choice.cached) == ("bf16", "re-measured", True)
+    assert fake.rounds == [3] and cached_entry()["choice"] == "bf16"
+
+
+def test_a_version_1_cache_entry_is_not_trusted(monkeypatch):
+    key = precision.machine_key(CPU, "w")
+    precision.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    old = {"version": 1, key: {"choice": "fp32", "seconds": {"fp32": 1, "bf16": 2}, "cpu": "x"}}
+    precision.cache_path().write_text(json.dumps(old))
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.16, bf16=0.10)
+    assert precision.choose(CPU, "w", fake.measure).precision == "bf16"
+    assert fake.rounds == [3] and cached_entry()["choice"] == "bf16"
+
+
+def test_a_cached_choice_the_recheck_contradicts_is_measured_again(monkeypatch):
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.10, bf16=0.12)  # quiet, trusted: fp32
+    assert precision.choose(CPU, "w", fake.measure).precision == "fp32"
+    # later the same work runs 1.6x faster in bf16 (say, a better oneDNN): the cheap re-check
+    # sees the cached fp32 lose by far more than the margin, and measures in full again
+    fake.will_measure(fp32=0.16, bf16=0.10)
+    fake.will_measure(fp32=0.16, bf16=0.10)
+    lines = []
+    choice = precision.choose(CPU, "w", fake.measure, lines.append)
+    assert (choice.precision, choice.source, choice.cached) == ("bf16", "re-measured", True)
+    assert choice.recheck.seconds == {"fp32": 0.16, "bf16": 0.10}
+    assert fake.rounds == [3, precision.RECHECK_ROUNDS, 3]
+    assert "the cached fp32 no longer holds" in lines[0]
+    # and the corrected entry holds from then on: one re-check, no full measurement
+    fake.will_measure(fp32=0.16, bf16=0.10)
+    choice = precision.choose(CPU, "w", fake.measure)
+    assert (choice.precision, choice.source) == ("bf16", "cache")
+    assert fake.rounds == [3, precision.RECHECK_ROUNDS, 3, precision.RECHECK_ROUNDS]
+
+
+def test_a_recheck_within_the_margin_keeps_the_cached_choice(monkeypatch):
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.10, bf16=0.12)
+    precision.choose(CPU, "w", fake.measure)
+    fake.will_measure(fp32=0.104, bf16=0.100)  # fp32 4% slower now: noise, not a reversal
+    choice = precision.choose(CPU, "w", fake.measure)
+    assert (choice.precision, choice.source) == ("fp32", "cache")
+    assert fake.rounds == [3, precision.RECHECK_ROUNDS]
+
+
+def test_a_contradicted_choice_measured_again_while_busy_keeps_the_old_entry(monkeypatch):
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.10, bf16=0.12)
+    precision.choose(CPU, "w", fake.measure)
+    before = cached_entry()
+    fake.will_measure(fp32=0.30, bf16=0.12, load=(1.8, 2.0))  # busy now: everything is off
+    fake.will_measure(fp32=0.30, bf16=0.12, load=(1.8, 2.0))
+    choice = precision.choose(CPU, "w", fake.measure)
+    assert (choice.precision, choice.source, choice.cached) == ("bf16", "re-measured", False)
+    assert cached_entry() == before  # this run's busy measurement decided only this run
+
+
+def test_the_choice_is_recorded_as_a_comment_config_toml_can_carry(monkeypatch):
+    from gcnn.training.config import TrainConfig, load_toml, to_toml
+
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.16, bf16=0.10, load=(0.25, 0.5))
+    fake.will_measure(fp32=0.17, bf16=0.11)
+    precision.choose(CPU, "w", fake.measure)
+    choice = precision.choose(CPU, "w", fake.measure)  # from the cache, re-checked
+    config = TrainConfig(precision=choice.precision)
+    path = Path(precision.cache_path().parent / "config.toml")
+    path.write_text(to_toml(config) + choice.toml_comment())
+    assert TrainConfig.from_dict(load_toml(path)) == config  # still a valid --config file
+    line = path.read_text().splitlines()[-1]
+    record = tomllib.loads(line.removeprefix("# "))["precision_auto"]
+    assert record["precision"] == "bf16" and record["source"] == "cache"
+    assert (record["fp32_ms"], record["bf16_ms"]) == (160.0, 100.0)  # what the choice rests on
+    assert (record["recheck_fp32_ms"], record["recheck_bf16_ms"]) == (170.0, 110.0)
+    assert (record["load_before"], record["load_after"], record["cores"]) == (0.25, 0.5, 2)
+    assert record["trusted"] and record["recheck_trusted"] and not record["cached"]
+
+
+@pytest.mark.parametrize(
+    "before, after, threads, others, busy",
+    [(0.2, 1.9, 2, 0.2, False), (1.2, 1.3, 1, 1.2, True), (0.0, 2.5, 1, 1.5, True)],
+)
+def test_load_beyond_our_own_threads_is_what_makes_a_machine_busy(
+    before, after, threads, others, busy
+):
+    reading = machine.LoadReading(before, after, cores=2, threads=threads)
+    assert reading.others == pytest.approx(others) and reading.busy == busy
+
+
+def test_every_benchmark_reports_the_load_it_ran_under(monkeypatch, capsys):
+    loads = [0.3, 2.3]
+    monkeypatch.setattr(machine, "load_average", lambda: loads.pop(0))
+    with machine.reported_load():
+        pass
+    out = capsys.readouterr().out
+    assert "load average before: 0.30 (2 cores)" in out and "load average after: 2.30" in out
+    assert "warning: other processes kept this machine busy" in out  # 2.3 − our 1 thread > 1
+    scripts = sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py"))
+    runnable = [p for p in scripts if 'if __name__ == "__main__":' in p.read_text()]
+    assert len(runnable) >= 8
+    assert [p.name for p in runnable if "reported_load()" not in p.read_text()] == []

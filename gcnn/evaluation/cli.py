@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
             default="fp32",
             choices=("auto", "fp32", "bf16"),
             help="fp32 (default: results comparable with fp32 ones), bf16 autocast, or auto: "
-            "whichever is faster here (measured, cached)",
+            "whichever is faster here (measured; cached and re-checked)",
         )
         q.add_argument("--batch-size", type=int, default=batch_size)
         q.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

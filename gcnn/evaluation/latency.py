@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from gcnn.evaluation.workload import (
     scoring_fn,
     vocab_size_of,
 )
+from gcnn.machine import load_average
 from gcnn.timing import Timing, interleaved_timings
 
 
@@ -133,7 +133,7 @@ def measure(
         )
         for d, t in zip(by_length, timings, strict=True):
             d[n] = 1e3 * t.median
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = load_average()
     results = []
     for (name, model), (batch, bt), single, network, lengths in zip(
         models, best, singles, networks, by_length, strict=True
