@@ -64,6 +64,9 @@ class UpdateResult:
 
 
 class Trainer:
+    """One run: everything is set up in __init__ (data, model, feeds, optimizer, a resumed
+    state), then `fit` trains until a limit, a signal or an error."""
+
     def __init__(self, config: TrainConfig, resume_ckpt: dict | None = None):
         run_device(config, env_dist())  # a bad --device fails now, not after the data
         if config.tensorboard:
