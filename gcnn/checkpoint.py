@@ -13,12 +13,9 @@ checkpoint downloaded from someone else is as safe to open as a .npy file.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import random
 import re
-import signal
-import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gcnn import signals
 from gcnn.data.cache import atomic_write, torch_save
 from gcnn.errors import GcnnError, writing
 
@@ -60,37 +58,10 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> None:
     the file is complete.
     """
     path = Path(path)
-    with writing(path, "checkpoint"), signals_deferred():
+    with writing(path, "checkpoint"), signals.deferred():
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "wb") as f:
             torch_save(ckpt, f)
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold SIGINT and SIGTERM until the block ends, then act on them as before.
-
-    Otherwise a SIGTERM with its default action kills the process in the middle of a write
-    (leaving a temporary file and no new checkpoint), and a second Ctrl-C abandons the write it
-    interrupts. Python runs signal handlers in the main thread only, so installing a recording
-    handler there covers signals delivered to any thread (blocking them with pthread_sigmask
-    would not: torch's worker threads would still take them). Elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not None:  # None: a handler set outside Python, left alone
-            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for sig in held:
-            signal.raise_signal(sig)  # now the old handler (or the default action) takes it
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

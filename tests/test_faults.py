@@ -27,6 +27,7 @@ from test_eval import tiny_model, write_checkpoint
 from test_train import args
 
 import gcnn.data.cache as cache_module
+import gcnn.training.run_dir as run_dir_module
 import gcnn.training.trainer as trainer_module
 from gcnn.checkpoint import load_checkpoint, save_checkpoint
 from gcnn.data import prepare_corpus
@@ -207,7 +208,7 @@ def resume_args(corpus: Path, out: Path) -> list[str]:
     [
         ("config", cache_module, "config.toml"),
         ("checkpoint", cache_module, "checkpoint_last.pt"),
-        ("metrics", trainer_module, "metrics.jsonl"),
+        ("metrics", run_dir_module, "metrics.jsonl"),
     ],
 )
 def test_write_faults_in_a_run(corpus, base_run, tmp_path, monkeypatch, capsys, site, module,
@@ -299,7 +300,7 @@ def test_read_only_run_directory_is_refused_before_training(corpus, tmp_path, ca
 
 def test_too_little_space_is_refused_with_the_figures(corpus, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr(trainer_module, "_free_bytes", lambda path: 50_000)
+    monkeypatch.setattr(run_dir_module, "free_bytes", lambda path: 50_000)
     assert train_main(args(corpus, out, "--max-updates", "5")) == 2
     message = one_error_line(capsys.readouterr().err)
     assert message.startswith(f"run directory {out}: 0.1 MB free on its file system, this run ")

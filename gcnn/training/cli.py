@@ -27,7 +27,7 @@ def configure(argv: list[str] | None) -> tuple[TrainConfig, dict | None]:
     continues the run as it was; a TOML file and flags still override it (e.g. --max-updates).
     """
     from gcnn.checkpoint import load_checkpoint
-    from gcnn.training.trainer import resolve
+    from gcnn.training.recipe import resolve
 
     config_file, flags = parse_flags(argv)
     config = compose(flags, config_file)

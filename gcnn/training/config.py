@@ -52,7 +52,8 @@ class TrainConfig:
     lr_shrink: float = 0.5  # nag: factor applied when validation loss stops improving
     min_lr: float = 1e-5  # nag: stop once the lr falls below; adamw: floor of the cosine
     warmup_updates: int = 50  # adamw: linear warm-up
-    # stopping (whichever comes first; none at all means max_epochs = 1)
+    # stopping, whichever comes first; none at all: the recipe's (gcnn.training.recipe.resolve):
+    # 9 minutes of training for the small presets, 35 epochs for the paper's
     max_epochs: int | None = None
     max_updates: int | None = None
     max_minutes: float | None = None

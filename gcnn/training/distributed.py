@@ -35,10 +35,6 @@ class Dist:
             dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 def env_dist() -> Dist:
     """The ranks as torchrun announces them (RANK / WORLD_SIZE / LOCAL_RANK); no group yet."""
@@ -72,6 +68,17 @@ def init_distributed(config: TrainConfig) -> tuple[Dist, torch.device]:
         importlib.import_module("torch._dynamo")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return d, device
+
+
+def data_parallel(module: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
+    """`module` under DistributedDataParallel when there are several processes. Unused
+    parameters are allowed: a batch may leave some adaptive-softmax tail clusters unused."""
+    if not d.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
 def resolve_device(name: str, local_rank: int | None) -> torch.device:

@@ -1,0 +1,75 @@
+"""Recipe defaults: what the fields of a TrainConfig left at None mean for this model.
+
+The paper's presets get fairseq's WikiText-103 recipe (NAG, lr 1, clip 0.1, 35 epochs); the
+CPU-scale presets ("-small") a modern one (AdamW, cosine schedule, a fixed training time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from gcnn.errors import GcnnError
+from gcnn.training.config import DATASETS, TrainConfig
+
+# Default stopping for the small presets on WikiText-2: a fixed training time, so that the
+# no-argument `time python train.py` (start-up and the last validation included) takes about 10
+# minutes on whatever machine runs it; the cosine schedule follows the clock (see LRSchedule). A
+# fast machine trains for more updates in it. For a run that is the same on every machine, give
+# --max-updates instead.
+SMALL_MAX_MINUTES = 9.0
+PAPER_MAX_EPOCHS = 35  # fairseq's WikiText-103 recipe
+
+
+def is_small_preset(name: str) -> bool:
+    """The CPU-scale presets ("gcnn-small", "lstm-small") get the modern recipe by default."""
+    return name.endswith("-small")
+
+
+def resolve(config: TrainConfig, model=None) -> TrainConfig:
+    """Fill the fields left at None: the recipe follows the preset, the context the model."""
+    c = dataclasses.replace(config)
+    if c.optimizer is None:
+        c.optimizer = "adamw" if is_small_preset(c.model) else "nag"
+    nag = c.optimizer == "nag"
+    if c.lr is None:
+        c.lr = 1.0 if nag else 1e-2
+    if c.weight_decay is None:
+        c.weight_decay = 5e-6 if nag else 0.01
+    if c.clip_norm is None:
+        c.clip_norm = 0.1 if nag else 1.0
+    if c.max_epochs is None and c.max_updates is None and c.max_minutes is None:
+        if is_small_preset(c.model):
+            c.max_minutes = SMALL_MAX_MINUTES
+        else:
+            c.max_epochs = PAPER_MAX_EPOCHS
+    if c.out is None:
+        name = c.data if c.data in DATASETS else Path(c.data).name
+        c.out = str(Path("runs") / f"{c.model}-{name}")
+    if model is not None:
+        if model.is_recurrent:
+            if c.context not in (None, 0):
+                raise GcnnError(f"--context {c.context}: LSTMs carry their state; drop --context")
+            c.context = 0
+        elif c.context is None:
+            c.context = max(0, (model.receptive_field or 1) - 1)
+    return c
+
+
+def model_overrides(config: TrainConfig) -> dict:
+    """The keyword arguments for `build_model`: `model_args` plus the model flags that were set."""
+    overrides = dict(config.model_args)
+    for name in ("dropout", "gating", "weight_norm"):
+        if getattr(config, name) is not None:
+            overrides[name] = getattr(config, name)
+    return overrides
+
+
+def update_horizon(config: TrainConfig, updates_per_epoch: int) -> int | None:
+    """The update at which --max-updates or --max-epochs ends the run, whichever is first (None:
+    only the clock ends it)."""
+    horizon = config.max_updates
+    if config.max_epochs is not None:
+        by_epochs = config.max_epochs * updates_per_epoch
+        horizon = by_epochs if horizon is None else min(horizon, by_epochs)
+    return horizon

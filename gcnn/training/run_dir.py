@@ -1,0 +1,214 @@
+"""The run directory: whose it is, whether it has room, and every write into it (rank 0).
+
+RUN_DIR holds checkpoint_last.pt, checkpoint_best.pt, metrics.jsonl and config.toml. A run is
+refused before its first update if the directory belongs to another run or cannot take its
+checkpoints; a write that fails later ends the run with one line saying what is kept and how to
+go on (`fault`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+from gcnn.checkpoint import load_checkpoint, save_checkpoint
+from gcnn.data import atomic_write
+from gcnn.data.cache import is_writable_dir
+from gcnn.errors import EXIT_DISK_FULL, GcnnError, WriteError, writing
+from gcnn.training.distributed import Dist
+
+
+def write_text_atomic(path: Path, text: str, what: str = "file") -> None:
+    with writing(path, what), atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.1f} MB"
+
+
+class RunDir:
+    """One run's directory and what the run knows about it."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.last_path = out / "checkpoint_last.pt"
+        self.best_path = out / "checkpoint_best.pt"
+        self.kept_step: int | None = None  # the update checkpoint_last.pt holds (None: no file)
+        self.ckpt_bytes: int | None = None  # estimated size of one checkpoint (see preflight)
+
+    def check_owner(
+        self, resume_ckpt: dict | None, model_config: dict, fingerprint: str, data: str
+    ) -> None:
+        """Refuse to overwrite another run; refuse to resume a checkpoint of another model."""
+
+        def mismatch(ckpt: dict) -> str:
+            if ckpt["vocab_fingerprint"] != fingerprint:
+                return f"was trained on another vocabulary than {data}"
+            theirs = ckpt["model_config"]
+            if theirs != model_config:
+                keys = sorted(k for k in set(theirs) | set(model_config)
+                              if theirs.get(k) != model_config.get(k))  # fmt: skip
+                diff = ", ".join(f"{k} {theirs.get(k)!r} vs {model_config.get(k)!r}" for k in keys)
+                return f"is a checkpoint of another model ({theirs.get('name')}: {diff})"
+            return ""
+
+        if resume_ckpt is not None:
+            why = mismatch(resume_ckpt)
+            if why:
+                raise GcnnError(
+                    f"{self.last_path} {why}; resume with the run's own settings or choose "
+                    "another --out"
+                )
+            return
+        for path in (self.last_path, self.best_path):
+            if not path.exists():
+                continue
+            try:
+                why = mismatch(load_checkpoint(path)) or "already holds a checkpoint"
+            except GcnnError:
+                why = "holds an unreadable checkpoint"
+            raise GcnnError(
+                f"run directory {self.out}: {path.name} {why}; pass --resume to continue that "
+                "run or choose another --out (nothing was overwritten)"
+            )
+
+    def preflight(self, step: int, ckpt_bytes: int, dist: Dist, device) -> None:
+        """Refuse a run directory that cannot take this run's checkpoints now, not after hours
+        of training (`check_room`), and note what the run starts from (checkpoint_last.pt of
+        update `step`, if any) for the message of a failed write later. A collective: only rank
+        0 writes, the other ranks stop with it rather than wait for it in the next collective."""
+        self.ckpt_bytes = ckpt_bytes
+        self.kept_step = step if self.last_path.exists() else None
+        problem = None
+        if dist.is_main:
+            try:
+                self.check_room()
+            except GcnnError as err:
+                problem = err
+        (refused,) = dist.all_sum([float(problem is not None)], device)
+        if problem is not None:
+            raise problem
+        if refused:
+            raise GcnnError(f"rank 0 cannot use the run directory {self.out} (see its error)")
+
+    def check_room(self) -> None:
+        """Refuse a run directory that cannot be created or written, or whose file system lacks
+        room for checkpoint_last.pt, checkpoint_best.pt and the temporary copy a save writes."""
+        out, hint = self.out, "choose another --out or make it writable"
+        created = not out.exists()
+        try:
+            # By mode bits too, on the directory or the one it will be created in: root passes
+            # every access check, yet a directory made read-only must not be written into.
+            existing = next(d for d in (out, *out.parents) if d.exists())
+            if not is_writable_dir(existing):
+                read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
+                fault = OSError(errno.EROFS if read_only else errno.EACCES, "not writable")
+                raise WriteError(out, fault, "run directory", hint)
+            with writing(out, "run directory", hint):
+                out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            with writing(out, "run directory", hint):  # a read-only mount shows here, even to root
+                probe.write_bytes(b"")
+                probe.unlink()
+            # Peak use while saving checkpoint_best.pt: last + best + the temporary copy; files
+            # of a resumed run already count in the used space.
+            have = sum(p.stat().st_size for p in (self.last_path, self.best_path) if p.exists())
+            need = max(0, 3 * self.ckpt_bytes - have)
+            free = free_bytes(out)
+            if free is not None and free < need:
+                raise GcnnError(
+                    f"run directory {out}: {mb(free)} free on its file system, this run needs "
+                    f"about {mb(need)} (checkpoint_last.pt and checkpoint_best.pt of about "
+                    f"{mb(self.ckpt_bytes)} each, plus a temporary copy while saving); free "
+                    "some space or choose another --out"
+                )
+        except GcnnError:
+            if created:  # leave nothing behind
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
+
+    def save(self, ckpt: dict, step: int, best: bool) -> None:
+        """checkpoint_last.pt (and checkpoint_best.pt) := `ckpt`, the state after `step`."""
+        try:
+            save_checkpoint(self.last_path, ckpt)
+            self.kept_step = step
+            if best:
+                save_checkpoint(self.best_path, ckpt)
+        except WriteError as err:
+            raise self.fault(err, step) from None
+
+    def write_config(self, text: str) -> None:
+        write_text_atomic(self.out / "config.toml", text, "run config")
+
+    def fault(self, err: WriteError, step: int) -> GcnnError:
+        """A write failed after update `step`: one line saying why, what is kept and how to go
+        on. A full disk exits with its own status (75) so that a job script can retry after
+        freeing space."""
+        if self.kept_step is None:
+            kept = "no checkpoint was saved yet"
+        else:
+            kept = f"{self.last_path} (update {self.kept_step}) is intact"
+        where = f"training stopped after update {step}; {kept}"
+        resume = f"continue with --resume --out {self.out}"
+        if err.disk_full:
+            free = free_bytes(self.out)
+            figures = f" ({mb(free)} free, a checkpoint takes about {mb(self.ckpt_bytes)})"
+            return GcnnError(
+                f"cannot write {err.what} {err.path}: {err.cause}{'' if free is None else figures}"
+                f"; {where}; free some space, then {resume}",
+                EXIT_DISK_FULL,
+            )
+        return GcnnError(
+            f"cannot write {err.what} {err.path}: {err.cause}; {where}; make {self.out} writable "
+            f"again and {resume} (a copy of it on another disk resumes too)"
+        )
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per line; on resume, lines past the checkpoint are dropped
+    (the killed session logged updates that the resumed one is about to redo, or a line a full
+    disk cut short). `fault` turns a failed write into the run's error."""
+
+    def __init__(self, path: Path, resume_step: int, fault=None):
+        self.path = path
+        self.fault = fault
+        if path.exists():
+            kept = []
+            if resume_step > 0:
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        if json.loads(line)["step"] <= resume_step:
+                            kept.append(line)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut short by the kill
+            write_text_atomic(path, "".join(line + "\n" for line in kept), "metrics log")
+        with writing(path, "metrics log"):
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, row: dict) -> None:
+        try:
+            with writing(self.path, "metrics log"):
+                self.file.write(json.dumps(row) + "\n")
+                self.file.flush()
+        except WriteError as err:
+            with contextlib.suppress(OSError):
+                self.file.close()  # the unwritten rest of the line is dropped with it
+            raise (self.fault(err) if self.fault else err) from None
+
+    def close(self) -> None:
+        self.fault = None  # the trainer's callback: drop the reference cycle with it
+        with writing(self.path, "metrics log"):
+            self.file.close()
