@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name
+from gcnn.machine import cpu_name, reported_load
 from gcnn.models import PRESETS, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,4 +141,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda: main()))
+    with reported_load():  # shares mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)

@@ -115,6 +115,7 @@ class Trainer:
         if config.valid_tokens is not None:
             valid = valid[: config.valid_tokens]
         self.valid_feed = split_feed(valid, *on_rank, training=False)
+        self.precision_choice = None  # what --precision auto measured (rank 0), for config.toml
         if config.precision == "auto":  # a CPU with bf16 instructions: time both on this model
             self.config = config = dataclasses.replace(config, precision=self.measure_precision())
 
@@ -194,7 +195,8 @@ class Trainer:
         ckpt_bytes = checkpoint_bytes(self.model, self.optimizer, self.tokenizer)
         self.run.preflight(self.step, ckpt_bytes, self.dist, self.device)
         if self.dist.is_main:
-            self.run.write_config(to_toml(c))
+            comment = self.precision_choice.toml_comment() if self.precision_choice else ""
+            self.run.write_config(to_toml(c) + comment)
         fault = lambda err: self.run.fault(err, self.step)  # noqa: E731 (a failed metrics write)
         self.report.open(self.run, p, c.tensorboard, fault)
         self.report.line(describe(c, self.model, self.feed, self.horizon, self.device, p, self.run))
@@ -396,13 +398,16 @@ class Trainer:
     def measure_precision(self) -> str:
         """fp32 or bf16, whichever runs this model's training step faster here (rank 0 times
         it, every rank follows: ranks must agree on the numerics)."""
-        from gcnn.precision import choose_precision
+        from gcnn.precision import choose_for_model
 
         choice = ["fp32"]
         if self.dist.is_main:
             batch = self.feed.batch(0, 0)
             inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
-            choice = [choose_precision(self.model, inputs, targets, "train", self.report.line)]
+            self.precision_choice = choose_for_model(
+                self.model, inputs, targets, "train", self.report.line
+            )
+            choice = [self.precision_choice.precision]
         if self.dist.enabled:
             dist.broadcast_object_list(choice, src=0)
         return choice[0]
