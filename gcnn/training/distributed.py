@@ -8,9 +8,10 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from gcnn.errors import GcnnError
-from gcnn.precision import hardware_choice
+from gcnn.precision import choose_for_model, hardware_choice
 from gcnn.training.config import TrainConfig
 
 
@@ -107,6 +108,30 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> str:
     if config.precision != "auto":
         return config.precision
     return hardware_choice(device) or "auto"
+
+
+def measure_precision(model, batch, d: Dist, device: torch.device, log):
+    """fp32 or bf16, whichever runs this model's training step on `batch` faster here, and the
+    measurement (rank 0 times it, every rank follows: ranks must agree on the numerics)."""
+    choice, measured = ["fp32"], None
+    if d.is_main:
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+        measured = choose_for_model(model, inputs, targets, "train", log)
+        choice = [measured.precision]
+    if d.enabled:
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0], measured
+
+
+class LossModule(nn.Module):
+    """model.loss as a forward(), so DistributedDataParallel sees (and syncs) the whole loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, targets, state=None, plan=None):
+        return self.model.loss(inputs, targets, state, plan)
 
 
 # --- state that must survive a restart ---------------------------------------------------------

@@ -21,15 +21,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 
 from gcnn.errors import GcnnError
 from gcnn.signals import SignalStopper
 from gcnn.training.config import TrainConfig, to_toml
 from gcnn.training.distributed import (
+    LossModule,
     data_parallel,
     env_dist,
     init_distributed,
+    measure_precision,
     resolve_precision,
     run_device,
     state_to_plain,
@@ -40,17 +41,6 @@ from gcnn.training.recipe import model_overrides, resolve, update_horizon
 from gcnn.training.reporting import Interval, Reporter, describe, require_tensorboard
 from gcnn.training.run_dir import RunDir
 from gcnn.training.state import Progress, checkpoint_bytes, ppl, restore, training_checkpoint
-
-
-class LossModule(nn.Module):
-    """model.loss as a forward(), so DistributedDataParallel sees (and syncs) the whole loss."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs, targets, state=None, plan=None):
-        return self.model.loss(inputs, targets, state, plan)
 
 
 @dataclasses.dataclass
@@ -117,7 +107,10 @@ class Trainer:
         self.valid_feed = split_feed(valid, *on_rank, training=False)
         self.precision_choice = None  # what --precision auto measured (rank 0), for config.toml
         if config.precision == "auto":  # a CPU with bf16 instructions: time both on this model
-            self.config = config = dataclasses.replace(config, precision=self.measure_precision())
+            precision, self.precision_choice = measure_precision(
+                self.model, self.feed.batch(0, 0), self.dist, self.device, self.report.line
+            )
+            self.config = config = dataclasses.replace(config, precision=precision)
 
         # Optimisation.
         self.optimizer = make_optimizer(self.model, config, self.device)
@@ -349,11 +342,6 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    @property
-    def ckpt_bytes(self) -> int | None:
-        """The estimated size of one checkpoint (known after preflight)."""
-        return self.run.ckpt_bytes
-
     def autocast(self):
         return torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
@@ -394,23 +382,6 @@ class Trainer:
             carried=carried,
         )
         self.run.save(ckpt, self.step, best)
-
-    def measure_precision(self) -> str:
-        """fp32 or bf16, whichever runs this model's training step faster here (rank 0 times
-        it, every rank follows: ranks must agree on the numerics)."""
-        from gcnn.precision import choose_for_model
-
-        choice = ["fp32"]
-        if self.dist.is_main:
-            batch = self.feed.batch(0, 0)
-            inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
-            self.precision_choice = choose_for_model(
-                self.model, inputs, targets, "train", self.report.line
-            )
-            choice = [self.precision_choice.precision]
-        if self.dist.enabled:
-            dist.broadcast_object_list(choice, src=0)
-        return choice[0]
 
 
 def train(config: TrainConfig, resume_ckpt: dict | None = None) -> dict:
