@@ -22,18 +22,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from gcnn.devices import resolve_device
 from gcnn.errors import GcnnError, run_cli
 from gcnn.machine import cpu_name, reported_load
 from gcnn.models import PRESETS, build_model
 from gcnn.precision import choose_precision
+from gcnn.timing import interleaved_timings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_port import plain_port  # noqa: E402
@@ -124,21 +124,9 @@ def matmul_fn(dtype: torch.dtype, device: str):
 
 
 def interleaved(calls: dict, rounds: int, device: str, warmup: int = 2) -> dict[str, float]:
-    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for r in range(rounds):
-        names = list(calls)
-        names = names[r % len(names) :] + names[: r % len(names)]
-        for name in names:
-            sync()
-            start = time.perf_counter()
-            calls[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds per call, timed in interleaved rounds (gcnn.timing)."""
+    timings = interleaved_timings(list(calls.values()), rounds, warmup, device)
+    return {name: t.median for name, t in zip(calls, timings, strict=True)}
 
 
 def measure(
@@ -280,9 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = resolve_device(args.device)
     if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GcnnError(f"--device {args.device}: no CUDA device here")
         # TF32 would make "fp32" a different precision from the CPU's; keep it strict
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         print(f"{torch.cuda.get_device_name(args.device)}; torch {torch.__version__}")

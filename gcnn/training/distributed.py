@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from gcnn import devices
 from gcnn.errors import GcnnError
 from gcnn.precision import choose_for_model, hardware_choice
 from gcnn.training.config import TrainConfig
@@ -83,21 +84,16 @@ def data_parallel(module: torch.nn.Module, d: Dist, device: torch.device) -> tor
 
 
 def resolve_device(name: str, local_rank: int | None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GcnnError(f"--device {name}: CUDA is not available here; use --device cpu")
-        if local_rank is not None:  # several processes: each takes the GPU of its local rank
-            if name != "cuda":
-                raise GcnnError(
-                    f"--device {name}: with several processes every rank would use that one GPU;"
-                    " pass --device cuda (or auto) and each rank takes its LOCAL_RANK's GPU"
-                )
-            name = f"cuda:{local_rank}"
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise GcnnError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    """The device of this process: --device checked (gcnn.devices), then each rank's own GPU."""
+    name = devices.resolve_device(name)
+    if local_rank is not None and name.startswith("cuda"):
+        # several processes: each takes the GPU of its local rank
+        if name != "cuda":
+            raise GcnnError(
+                f"--device {name}: with several processes every rank would use that one GPU;"
+                " pass --device cuda (or auto) and each rank takes its LOCAL_RANK's GPU"
+            )
+        name = devices.resolve_device(f"cuda:{local_rank}")
     return torch.device(name)
 
 
