@@ -19,10 +19,12 @@ Exit statuses of every gcnn command:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import os
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,3 +125,11 @@ def run_cli(main: Callable[[], int | None]) -> int:
 def _say(line: str) -> None:
     with contextlib.suppress(BrokenPipeError):  # stderr may be the closed pipe (`2>&1 | head`)
         print(line, file=sys.stderr)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `error:` line and exit status 2 (GcnnError + run_cli),
+    not a usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise GcnnError(f"{message} (see `{self.prog} --help`)")

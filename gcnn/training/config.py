@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gcnn.errors import GcnnError
+from gcnn.errors import ArgumentParser, GcnnError
 
 OPTIMIZERS = ("nag", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -221,13 +221,6 @@ def _toml_key(key: str) -> str:
 # --- command-line flags ---------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises GcnnError (one line, exit 2 via run_cli) instead of printing usage."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise GcnnError(f"{message} (see `{self.prog} --help`)")
-
-
 def _model_arg(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
@@ -241,7 +234,7 @@ def _model_arg(text: str) -> tuple[str, Any]:
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     S = argparse.SUPPRESS  # absent flags stay absent, so they do not override the TOML file
-    p = _Parser(
+    p = ArgumentParser(
         prog=prog,
         description="Train a gated convolutional (or LSTM) language model. Settings compose: "
         "defaults < --config FILE.toml < flags. Resolved settings go to RUN_DIR/config.toml.",
