@@ -11,7 +11,7 @@ Names are resolved lazily so that `import gcnn` stays cheap for command-line too
 
 from __future__ import annotations
 
-import importlib
+from gcnn.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -41,10 +41,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gcnn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("gcnn", _EXPORTS, globals())

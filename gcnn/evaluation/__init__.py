@@ -7,7 +7,7 @@ that `gcnn.evaluation.cli` starts fast and each subcommand imports only what it 
 
 from __future__ import annotations
 
-import importlib
+from gcnn.lazy import lazy_getattr
 
 _EXPORTS = {
     "PerplexityResult": "gcnn.evaluation.perplexity",
@@ -34,10 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gcnn.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("gcnn.evaluation", _EXPORTS, globals())
