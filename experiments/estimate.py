@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -22,17 +23,22 @@ FALLBACK_EVAL_S = {"gcnn": 30.0, "lstm": 90.0}
 FALLBACK_COMMAND_S = 90.0
 
 
-def estimate(runs: list[Run], known: list[dict]) -> tuple[float, str]:
-    """Seconds for `runs`, from records of this machine where there are any."""
+def estimate(runs: list[Run], known: list[dict], threads: int | None = None) -> tuple[float, str]:
+    """Seconds for `runs`, from records of this machine where there are any (of runs with
+    `threads` threads where there are such)."""
     total, sources = 0.0, set()
     for run in runs:
-        seconds, source = estimate_run(run, known)
+        seconds, source = estimate_run(run, known, threads)
         total += seconds
         sources.add(source)
     return total, ", ".join(sorted(sources))
 
 
-def estimate_run(run: Run, known: list[dict]) -> tuple[float, str]:
+def estimate_run(run: Run, known: list[dict], threads: int | None = None) -> tuple[float, str]:
+    """Seconds for one run: the median of records of the same run where there are some; else
+    its tokens at the rate of the family's records, scaled by the run's training FLOPs per token
+    against theirs (a wider or deeper model takes longer per token), plus their median overhead
+    (start-up, validations, evaluation)."""
     same = [
         r["wall_s"]
         for r in known
@@ -53,8 +59,16 @@ def estimate_run(run: Run, known: list[dict]) -> tuple[float, str]:
         if r.get("model", {}).get("family") == family and r.get("done", {}).get("train_s")
     ]
     peers = [r for r in peers if r["config"].get("data") == config.data] or peers
+    peers = [r for r in peers if r.get("machine", {}).get("threads") == threads] or peers
     if peers:
         rate = float(np.median([r["done"]["train_s"] / max(1, r["done"]["tokens"]) for r in peers]))
+        mine = planned_flops(tuple(run.args)) if all(r.get("flops_per_token") for r in peers) else 0
+        if mine:  # per token: the peers' seconds per FLOP times this run's FLOPs
+            per_flop = [
+                r["done"]["train_s"] / max(1, r["done"]["tokens"]) / r["flops_per_token"]["train"]
+                for r in peers
+            ]
+            rate = float(np.median(per_flop)) * mine
         # a resumed run's wall_s covers only its last process, so it says nothing of the overhead
         whole = [r for r in peers if not r.get("resumed")]
         overhead = (
@@ -71,3 +85,26 @@ def estimate_run(run: Run, known: list[dict]) -> tuple[float, str]:
     if math.isinf(seconds):  # epochs only: assume WikiText-2's 2.09M training tokens per epoch
         seconds = (config.max_epochs or 1) * 2_088_628 * rate
     return seconds + overhead, source
+
+
+@functools.cache
+def planned_flops(args: tuple[str, ...]) -> float:
+    """Training FLOPs per token of the model these flags build (0: not known yet, e.g. the
+    corpus is not there or a size is still to be solved)."""
+    from measure import flops_per_token, model_from_flags
+
+    from gcnn.data import prepare_corpus
+    from gcnn.errors import GcnnError
+
+    try:
+        model, config = model_from_flags(list(args), download=False)
+        corpus = prepare_corpus(
+            config["data"],
+            tokenizer=config["tokenizer"],
+            vocab_size=config["vocab_size"],
+            splits=("train",),
+            download=False,
+        )
+    except (GcnnError, ValueError):
+        return 0.0
+    return flops_per_token(model, config, corpus.splits["train"])["train"]

@@ -28,16 +28,20 @@ def launch(
     in_process: bool = False,
     launcher: list[str] | None = None,
     capture: bool = False,
+    threads: int | None = None,
+    prefix: str = "",
 ) -> tuple[int, str, str]:
     """Run `python script argv` (exit status, stdout if captured, stderr's last lines);
-    `launcher` (e.g. torchrun) replaces `python` for train.py."""
+    `launcher` (e.g. torchrun) replaces `python` for train.py; `threads` sets OMP_NUM_THREADS;
+    `prefix` marks each echoed line (several runs at once)."""
     if in_process:
         return _launch_in_process(script, argv, capture)
-    prefix = launcher if (launcher and script == "train.py") else [sys.executable]
-    cmd = [*prefix, str(ROOT / script), *argv]
+    python = launcher if (launcher and script == "train.py") else [sys.executable]
+    cmd = [*python, str(ROOT / script), *argv]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
     }
     proc = subprocess.Popen(
         cmd,
@@ -54,7 +58,7 @@ def launch(
             return proc.returncode, out, err
         tail: list[str] = []
         for line in proc.stderr:  # echo as it comes, keep the end for the error message
-            sys.stderr.write(line)
+            sys.stderr.write(f"[{prefix}] {line}" if prefix else line)
             tail = (tail + [line])[-20:]
         return proc.wait(), "", "".join(tail)
     except KeyboardInterrupt:
@@ -71,6 +75,7 @@ def _launch_in_process(script: str, argv: list[str], capture: bool) -> tuple[int
     else:
         spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # a script's dataclasses look their module up
         spec.loader.exec_module(module)
         entry = lambda: run_cli(lambda: module.main(argv))  # noqa: E731
     out, err = io.StringIO(), io.StringIO()

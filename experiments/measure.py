@@ -28,7 +28,7 @@ def train_config(args: list[str]):
         return resolve(compose(flags, config_file))
 
 
-def model_from_flags(argv: list[str]):
+def model_from_flags(argv: list[str], download: bool = True):
     """The model train.py builds from these flags (untrained), and its resolved config dict."""
     from gcnn.data import prepare_corpus
     from gcnn.models import build_model
@@ -36,7 +36,11 @@ def model_from_flags(argv: list[str]):
 
     config = train_config(argv)
     corpus = prepare_corpus(
-        config.data, tokenizer=config.tokenizer, vocab_size=config.vocab_size, splits=("train",)
+        config.data,
+        tokenizer=config.tokenizer,
+        vocab_size=config.vocab_size,
+        splits=("train",),
+        download=download,
     )
     model = build_model(config.model, corpus.tokenizer.vocab_size, **model_overrides(config))
     return model, dataclasses.asdict(resolve(config, model))

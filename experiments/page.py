@@ -8,6 +8,7 @@ from collections import defaultdict
 from records import describe_machine
 
 RUN = "python experiments/run.py"
+QUIET = 1.5  # a figure is called quiet only if the load average stayed below this throughout
 
 
 def plural(n: int, word: str) -> str:
@@ -31,6 +32,42 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     align = ["---"] + ["---:"] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def load_of(record: dict) -> tuple[float | None, bool]:
+    """The highest load average seen during a run, and whether it was sampled throughout
+    (records before issue 17 sampled it at the start and the end only)."""
+    load = record.get("load")
+    if isinstance(load, dict) and load.get("max") is not None:
+        return load["max"], True
+    ends = [v for v in record.get("load_average") or [] if v is not None]
+    return (max(ends), False) if ends else (None, False)
+
+
+def load_text(records: list[dict]) -> str:
+    """ "quiet" only where every run's load stayed below QUIET throughout; otherwise the load."""
+    loads = [load_of(r) for r in records]
+    known = [m for m, _ in loads if m is not None]
+    if not known:
+        return "load average not recorded"
+    throughout = all(t for _, t in loads)
+    if throughout and max(known) < QUIET:
+        return f"quiet (load average below {QUIET} throughout every run)"
+    low, high = min(known), max(known)
+    span = f"{high:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f}"
+    how = "sampled through each run" if throughout else "sampled at each run's start and end"
+    return f"not quiet: load average {span} ({how})"
+
+
+def load_brief(record: dict) -> str:
+    """The load average of one run, as briefly as the README's table allows."""
+    high, throughout = load_of(record)
+    if high is None:
+        return "load not recorded"
+    if throughout:
+        return "quiet" if high < QUIET else f"load ≤ {high:.1f}"
+    ends = [v for v in record.get("load_average") or [] if v is not None]
+    return "load " + " → ".join(f"{v:.1f}" for v in ends) + " (start → end)"
 
 
 def machines(records: list[dict]) -> str:
@@ -77,7 +114,7 @@ def section_head(title: str, claim: str, records: list[dict], here: str, full: s
         f"- Command (as run here): `{here}`",
         f"- Full scale (WikiText-103, the paper's preset, GPUs): `{full}`",
         f"- Budget: {budget(records)}.",
-        f"- Machine: {machines(records)}.",
+        f"- Machine: {machines(records)}; {load_text(records)}.",
         "",
     ]
 

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import subprocess
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,18 @@ def to_json(data: dict) -> str:
         return json.dumps(v)
 
     return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in data.items()) + "\n}\n"
+
+
+def relative_paths(value):
+    """`value` with every path inside the repository written relative to it: a record names no
+    directory of the machine it was made on (train.py runs in the repository, so they resolve)."""
+    if isinstance(value, str):
+        return value.replace(f"{ROOT}{os.sep}", "").replace(str(ROOT), ".")
+    if isinstance(value, list):
+        return [relative_paths(v) for v in value]
+    if isinstance(value, dict):
+        return {k: relative_paths(v) for k, v in value.items()}
+    return value
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -111,6 +124,74 @@ def machine() -> dict:
         if commit.returncode == 0:
             info["commit"] = commit.stdout.strip()
     return info
+
+
+def git_state() -> dict:
+    """The commit a run was made from, and whether tracked or new files differed from it (the
+    records directory aside: a study writes its records as it goes)."""
+
+    def git(*args: str) -> str | None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(
+                ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10
+            )
+            if done.returncode == 0:
+                return done.stdout.strip()
+        return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--", ".", ":(exclude)experiments/records")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+class LoadSampler:
+    """The load average through a run: sampled at its start, every `every` seconds on a
+    background thread, and at its end. A figure may be called quiet only if the highest sample
+    stayed low (experiments/page.py: QUIET)."""
+
+    def __init__(self, every: float = 5.0):
+        self.every = every
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def now() -> float | None:
+        try:
+            return round(os.getloadavg()[0], 2)
+        except (AttributeError, OSError):
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._add()
+
+    def _add(self) -> None:
+        value = self.now()
+        if value is not None:
+            self.samples.append(value)
+
+    def __enter__(self) -> LoadSampler:
+        self._add()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._add()
+
+    def summary(self) -> dict:
+        s = self.samples
+        if not s:
+            return {"start": None, "end": None, "max": None, "samples": 0, "every_s": self.every}
+        return {
+            "start": s[0],
+            "end": s[-1],
+            "max": max(s),
+            "samples": len(s),
+            "every_s": self.every,
+        }
 
 
 def describe_machine(m: dict) -> str:

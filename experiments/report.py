@@ -20,10 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from page import group  # noqa: E402
+from readme import block, rewrite  # noqa: E402
 from records import RECORDS, ROOT, load_records  # noqa: E402
 from runner import Parser  # noqa: E402
 from studies import STUDIES  # noqa: E402
 
+from gcnn.data import atomic_write  # noqa: E402
 from gcnn.errors import GcnnError, run_cli  # noqa: E402
 
 
@@ -52,7 +54,10 @@ def build_page(records_dir: Path, out: Path, img_dir: Path | None) -> tuple[str,
         "experiments/README.md) and regenerate. Paper figures: Dauphin et al. 2017, "
         "arXiv:1612.08083v3 (≈: read off its plots). "
         "Claims are judged on exact test perplexity, seeds paired (the same seed gives the same "
-        "initialisation and batches to every variant).",
+        "initialisation and batches to every variant): a claim holds only where the 95% Student "
+        "t interval of the paired differences excludes zero on its side, is the opposite only "
+        "where it excludes zero on the other, and is otherwise not separated; a diverged run is "
+        "never a number (experiments/README.md, Verdicts). Tables: mean [95% interval].",
         "",
     ]
     for study, module in STUDIES.items():
@@ -67,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--img", default=None, help="plot directory (default: img/ next to --out)")
     p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    p.add_argument(
+        "--readme",
+        default=None,
+        help="the README whose measured table (between its results markers) to rewrite; "
+        "default: README.md when --records is the committed experiments/records",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     img = None if args.no_plots else Path(args.img) if args.img else out.parent / "img"
@@ -82,12 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     if not records.is_dir():
         raise GcnnError(f"--records {records}: no such directory; run experiments/run.py first")
     page, written = build_page(records, out, img)
-    from gcnn.data import atomic_write
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out, "w") as f:
         f.write(page)
     print(f"wrote {out}" + (f" and {len(written)} plot(s) in {img}" if written else ""))
+    default = records.resolve() == RECORDS.resolve()
+    readme = Path(args.readme) if args.readme else ROOT / "README.md" if default else None
+    if readme is not None:
+        text = readme.read_text(encoding="utf-8")
+        new = rewrite(text, block(group(load_records(records), key="study")))
+        if new != text:
+            with atomic_write(readme, "w") as f:
+                f.write(new)
+        print(f"{'rewrote' if new != text else 'checked'} the measured table in {readme}")
     return 0
 
 

@@ -7,13 +7,17 @@
     python experiments/run.py latency     # Table 4: evaluate.py latency, bench_roofline.py
     python experiments/run.py default     # `python train.py` as a user runs it (+ lstm-small)
     python experiments/run.py long        # the longer CPU recipes (experiments/wt2_*_long.toml)
+    python experiments/run.py flops       # GCNN vs LSTM matched on FLOPs per token, two sizes
+    python experiments/run.py budget      # GCNN vs LSTM at equal time and FLOP budgets
     python experiments/run.py all --dry-run   # the runs of gating..latency and their time
-    python experiments/report.py          # then: docs/results.md from the records
+    python experiments/run.py gating norm context flops budget --jobs 2   # two runs at a time
+    python experiments/report.py          # then: docs/results.md (and README's table)
 
 Every training run is `python train.py` with the study's flags and a seed, followed by an exact
 evaluation of its best checkpoint on the valid and test splits; its record goes to
 experiments/records/<study>/<variant>-s<seed>.json. Re-running a command skips finished runs
-and resumes an interrupted one. Flags after `--` go to every train.py call (paths relative to
+and resumes an interrupted one. `--jobs 2` runs two 1-thread runs side by side (update budgets
+only: timed runs still run alone). Flags after `--` go to every train.py call (paths relative to
 the repository), e.g. `-- --precision fp32`. At full scale only the dataset, preset and budget
 change, e.g. `python experiments/run.py gating --data wikitext-103 --model gcnn-8
 --max-epochs 35 --records experiments/records/wt103` (on GPUs; `--launch "torchrun
@@ -103,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.nag_lrs,
         help="norm study: NAG learning rates to sweep",
     )
+    p.add_argument(
+        "--unclipped-lrs",
+        type=float_list,
+        default=DEFAULTS.unclipped_lrs,
+        help="norm study: NAG learning rates to sweep without clipping (its own best lr)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float_list,
+        default=DEFAULTS.budget_minutes,
+        help="budget study: wall-time budgets in minutes",
+    )
+    p.add_argument(
+        "--budget-pflops",
+        type=float_list,
+        default=DEFAULTS.budget_pflops,
+        help="budget study: training-FLOP budgets in PFLOP",
+    )
     p.add_argument("--kernels", type=int_list, default=DEFAULTS.kernels, help="context study")
     p.add_argument(
         "--context-tokens",
@@ -150,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--launch", default="", help='train.py launcher, e.g. "torchrun --nproc_per_node 4"'
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs launched at once (each with its share of the cores: --jobs 2 on 2 cores "
+        "runs two 1-thread runs side by side); for update-budget studies, not timed ones",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs to do and their time")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests
     return p
@@ -161,7 +190,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, StudyOptions, Options]:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
-    for name in ("seeds", "max_updates", "max_epochs", "valid_points", "repeats"):
+    for name in ("seeds", "max_updates", "max_epochs", "valid_points", "repeats", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise GcnnError(f"--{name.replace('_', '-')} {value}: must be at least 1")
@@ -169,8 +198,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, StudyOptions, Options]:
         raise GcnnError(f"--max-minutes {args.max_minutes}: must be positive")
     if min(args.valid_tokens, args.context_tokens) < 0:
         raise GcnnError("--valid-tokens and --context-tokens must be 0 or more")
-    if not args.kernels or min(args.kernels) < 1 or not args.lrs or not args.nag_lrs:
-        raise GcnnError("--kernels, --lrs and --nag-lrs need positive values")
+    sweeps = (args.lrs, args.nag_lrs, args.unclipped_lrs, args.budget_minutes, args.budget_pflops)
+    if not args.kernels or min(args.kernels) < 1 or not all(sweeps) or min(map(min, sweeps)) <= 0:
+        raise GcnnError(
+            "--kernels, --lrs, --nag-lrs, --unclipped-lrs and the budgets need positive values"
+        )
     if args.eval_device.startswith("cuda"):
         import torch
 
@@ -191,6 +223,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, StudyOptions, Options]:
         eval_device=args.eval_device,
         keep_runs=args.keep_runs,
         launch=shlex.split(args.launch),
+        jobs=args.jobs,
     )
     return args, study, options
 
@@ -203,24 +236,38 @@ def main(argv: list[str] | None = None) -> int:
 
     planner = Runner(options, plan=True)  # first only collect: what is done, what is left
     known = load_records(options.records)
-    total = 0.0
+    jobs = max(options.jobs, 2)  # the side-by-side estimate: 1-thread runs, two at a time
+    totals = [0.0, 0.0]  # one at a time; side by side
     for name in studies:
         before_pending, before_done = len(planner.pending), len(planner.done)
         STUDIES[name].runs(planner, o)
         pending = list(planner.pending.values())[before_pending:]
         seconds, source = estimate(pending, known)
-        total += seconds
+        timed = [r for r in pending if r.info.get("timed")]
+        side = (
+            estimate(timed, known)[0]
+            + estimate([r for r in pending if not r.info.get("timed")], known, threads=1)[0] / jobs
+        )
+        totals = [totals[0] + seconds, totals[1] + side]
         done = len(planner.done) - before_done
         line = f"{name}: {done} run(s) recorded, {len(pending)} to do"
         if pending:
-            line += f", about {seconds / 60:.0f} min (from {source})"
+            line += (
+                f", about {seconds / 60:.0f} min (from {source}); {jobs} at a time "
+                f"(--jobs {jobs}; timed runs alone): about {side / 60:.0f} min"
+            )
         print(line, flush=True)
         if args.dry_run:
             for run in pending:
                 note = "  [lr: chosen by the sweep]" if run.info.get("placeholder") else ""
+                note += "  [timed: runs alone]" if run.info.get("timed") else ""
                 print(f"  {run.run_id}: {shlex.join(planner.command(run))}{note}")
     if len(studies) > 1:
-        print(f"in all: about {total / 60:.0f} min", flush=True)
+        print(
+            f"in all: about {totals[0] / 60:.0f} min one at a time, about {totals[1] / 60:.0f} "
+            f"min with --jobs {jobs}",
+            flush=True,
+        )
     if args.dry_run:
         return 0
 

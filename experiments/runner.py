@@ -19,9 +19,11 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +37,17 @@ from measure import (
     train_config,
     validation_curve,
 )
-from records import FORMAT, RECORDS, RUNS, machine, now, write_json
+from records import (
+    FORMAT,
+    RECORDS,
+    RUNS,
+    LoadSampler,
+    git_state,
+    machine,
+    now,
+    relative_paths,
+    write_json,
+)
 
 from gcnn.errors import GcnnError
 
@@ -111,6 +123,7 @@ class Options:
     eval_device: str = "auto"  # the exact evaluation's device; auto: cuda if there is one
     eval_batch_size: int = 8
     eval_block_size: int = 512
+    jobs: int = 1  # runs of one stage (a sweep, a study's seeds) launched at once
 
 
 class Parser(argparse.ArgumentParser):
@@ -133,6 +146,7 @@ class Runner:
         self.done: dict[tuple[str, str], Run] = {}
         self.total = 0  # runs to make in all (from the plan), for the progress line
         self.made = 0
+        self.jobs_now = 1  # runs being made at once (see run)
         self._machine: dict | None = None
 
     @property
@@ -161,28 +175,57 @@ class Runner:
             )
         return record
 
-    def run(self, runs: list[Run]) -> list[dict]:
-        """The records of `runs`: existing ones as they are, missing ones made (unless planning)."""
-        records = []
-        for run in runs:
+    def run(self, runs: list[Run], jobs: int | None = None) -> list[dict]:
+        """The records of `runs`: existing ones as they are, missing ones made (unless planning),
+        up to `jobs` (default: options.jobs) of them at once."""
+        records: dict[int, dict] = {}
+        missing = []
+        for i, run in enumerate(runs):
             record = self.existing(run)
-            if record is None and not self.plan:
-                self.made += 1
-                step = f"[{self.made}/{self.total}] " if self.total else ""
-                command = shlex.join(self.command(run))
-                print(f"\n=== {step}{run.study} {run.run_id}: {command}", flush=True)
-                record = self.execute(run)
-                write_json(self.record_path(run), record)
-                print(
-                    f"=== wrote {self.record_path(run)} ({record['wall_s'] / 60:.1f} min)",
-                    flush=True,
-                )
-            if record is None:
+            if record is not None:
+                records[i] = record
+            elif self.plan:
                 self.pending.setdefault((run.study, run.run_id), run)
             else:
+                missing.append((i, run))
+        jobs = 1 if self.options.in_process else max(1, jobs or self.options.jobs)
+        self.jobs_now = jobs
+        if jobs == 1:
+            records.update((i, self.make(run)) for i, run in missing)
+        else:
+            records.update(self.make_in_parallel(missing, jobs))
+        for i, run in enumerate(runs):
+            if i in records:
                 self.done.setdefault((run.study, run.run_id), run)
-                records.append(record)
-        return records
+        return [records[i] for i in sorted(records)]
+
+    def make(self, run: Run) -> dict:
+        """Execute one run and write its record."""
+        self.made += 1
+        step = f"[{self.made}/{self.total}] " if self.total else ""
+        command = shlex.join(self.command(run))
+        print(f"\n=== {step}{run.study} {run.run_id}: {command}", flush=True)
+        record = relative_paths(self.execute(run))
+        write_json(self.record_path(run), record)
+        print(f"=== wrote {self.record_path(run)} ({record['wall_s'] / 60:.1f} min)", flush=True)
+        return record
+
+    def make_in_parallel(self, missing: list[tuple[int, Run]], jobs: int) -> dict[int, dict]:
+        """Several runs at once (subprocesses, each with its share of the cores); the first
+        failure or Ctrl-C stops the rest from starting, the running ones finish or save."""
+        done = {}
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(self.make, run): i for i, run in missing}
+            try:
+                for future in as_completed(futures):
+                    done[futures[future]] = future.result()
+            except (Exception, KeyboardInterrupt) as e:
+                for future in futures:
+                    future.cancel()
+                if isinstance(e, KeyboardInterrupt):
+                    raise Interrupted from None
+                raise
+        return done
 
     def run_dir(self, run: Run) -> Path:
         return self.options.runs / run.study / run.run_id
@@ -197,7 +240,7 @@ class Runner:
         return [*run.args, "--seed", str(run.seed), "--out", str(out), "--no-progress"]
 
     def execute(self, run: Run) -> dict:
-        start, load = time.perf_counter(), _loadavg()
+        start = time.perf_counter()
         base = {
             "format": FORMAT,
             "version": 1,
@@ -209,17 +252,34 @@ class Runner:
             "info": run.info,
             "spec": run.spec(),
             "command": shlex.join(self.command(run)),
-            "machine": self.machine,
+            "machine": {**self.machine, **({"threads": self.threads} if self.threads else {})},
+            "git": git_state(),
             "started": now(),
         }
-        record = self.execute_training(run) if run.is_training else self.execute_command(run)
-        record = {**base, **record, "finished": now(), "load_average": [load, _loadavg()]}
+        with LoadSampler() as load:
+            if run.is_training:
+                record = self.execute_training(run)
+            else:
+                record = self.execute_command(run)
+        summary = load.summary()
+        record = {**base, **record, "finished": now(), "load": summary}
+        record["load_average"] = [summary["start"], summary["end"]]  # as older records have it
         record["wall_s"] = round(time.perf_counter() - start, 2)
         return record
 
+    @property
+    def threads(self) -> int | None:
+        """Threads per launched run: N runs at once share the cores (unless OMP_NUM_THREADS
+        says otherwise); one at a time, a run has them all."""
+        if self.jobs_now <= 1 or os.environ.get("OMP_NUM_THREADS"):
+            return None
+        return max(1, (os.cpu_count() or 1) // self.jobs_now)
+
     def execute_command(self, run: Run) -> dict:
         o, t0 = self.options, time.perf_counter()
-        rc, out, err = launch(run.script, run.args, o.in_process, o.launch, capture=True)
+        rc, out, err = launch(
+            run.script, run.args, o.in_process, o.launch, capture=True, threads=self.threads
+        )
         if rc != 0:
             raise GcnnError(
                 f"{run.study}/{run.run_id}: {run.script} failed (exit {rc}): {last_line(err)}"
@@ -240,13 +300,23 @@ class Runner:
             argv.append("--resume")  # an interrupted run continues where it stopped
         t0 = time.perf_counter()
         o = self.options
-        rc, _, err = launch("train.py", argv, o.in_process, o.launch)
+        rc, _, err = launch(
+            "train.py",
+            argv,
+            o.in_process,
+            o.launch,
+            threads=self.threads,
+            prefix=run.run_id if self.jobs_now > 1 else "",
+        )
         process_s = time.perf_counter() - t0
         status = "ok"
         if rc in (130, 143):
             raise Interrupted
         if rc == 2 and "diverged" in err:
             status = "diverged"  # a result (e.g. NAG without clipping), not a failure
+            update = re.search(r"after update (\d+)", err)
+            cause = last_line(err).removeprefix("error: ").split("; ")[0]  # not the advice
+            diverged = {"update": int(update.group(1)) if update else None, "cause": cause}
         elif rc != 0:
             raise GcnnError(
                 f"{run.study}/{run.run_id}: train.py failed (exit {rc}): {last_line(err)}; "
@@ -303,6 +373,8 @@ class Runner:
             ],
             "best_valid_ppl_in_training": min((p["valid_ppl"] for p in curve), default=None),
         }
+        if status == "diverged":
+            record["diverged"] = diverged
         t0 = time.perf_counter()
         if status == "ok":
             results, context_curve = exact_perplexity(
@@ -322,10 +394,3 @@ class Runner:
         if not self.options.keep_runs:
             shutil.rmtree(out, ignore_errors=True)
         return record
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None

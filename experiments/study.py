@@ -28,7 +28,12 @@ class StudyOptions:
     valid_points: int = 8  # validations per run
     lrs: list[float] = field(default_factory=lambda: [5e-3, 1e-2, 2e-2, 4e-2])  # lstm study sweep
     nag_lrs: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 2.0])  # norm sweep
+    # NAG without clipping at its own best lr: smaller lrs than the clipped sweep's
+    unclipped_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
     kernels: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # context study
+    # budget study: wall-time budgets (minutes, the trainer's clock) and training-FLOP budgets
+    budget_minutes: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    budget_pflops: list[float] = field(default_factory=lambda: [0.01, 0.02])
     context_tokens: int = 20000  # truncated-history evaluation: first N test tokens
     latency_models: list[str] = field(
         default_factory=lambda: ["gcnn-8b,lstm-2048", "gcnn-small,lstm-small"]
@@ -94,6 +99,23 @@ def chosen_lr(runner: Runner, o: StudyOptions, sweep: list[Run], lrs: list[float
     return best_lr(records) if len(records) >= len(lrs) else None
 
 
+def tuned_lr(
+    runner: Runner, o: StudyOptions, sweep_run, lrs: list[float], extend: int = 2
+) -> float | None:
+    """Sweep `lrs` (sweep_run(lr) -> Run, one seed) and return the lr it chose; while the choice
+    is the largest or the smallest lr swept, the sweep is extended by a factor of 2 beyond it
+    (at most `extend` times; the page flags a choice still at the edge). None while a run of
+    the sweep is missing (planning, or --only)."""
+    lrs = sorted(lrs)
+    for attempt in range(extend + 1):
+        chosen = chosen_lr(runner, o, [sweep_run(lr) for lr in lrs], lrs)
+        at_edge = chosen is not None and len(lrs) > 1 and chosen in (lrs[0], lrs[-1])
+        if not at_edge or attempt == extend:
+            return chosen
+        lrs = sorted({*lrs, chosen * 2 if chosen == lrs[-1] else chosen / 2})
+    return None
+
+
 def model_args(args: list[str]) -> dict:
     """The model options these train.py flags set (--model-arg KEY=VALUE, --dropout, ...)."""
     from gcnn.training.trainer import model_overrides
@@ -142,6 +164,32 @@ def count_params(preset: str, vocab: int, **overrides) -> int:
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         return build_model(preset, vocab, **overrides).num_parameters()
+
+
+def network_flops(preset: str, vocab: int, block_size: int, **overrides) -> float:
+    """FLOPs per scored token of the network alone (no embedding lookup, no softmax), as
+    measure.flops_per_token counts them: a GCNN also runs its unscored context per block."""
+    import torch
+
+    from gcnn.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(preset, vocab, **overrides)
+    network = model.flops_per_token(full_softmax=False) - model.softmax.flops_per_token(False)
+    if not model.is_recurrent:
+        network *= (block_size + (model.receptive_field or 1) - 1) / block_size
+    return network
+
+
+def solve_increasing(f, target: float) -> int:
+    """The integer h >= 1 whose f(h) is nearest `target`, for f increasing in h (bisection)."""
+    lo, hi = 1, 2
+    while f(hi) < target:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # the last h below the target and the first above
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda h: abs(f(h) - target))
 
 
 def user_budget(o: StudyOptions) -> list[str]:

@@ -130,7 +130,13 @@ def test_every_study_writes_one_record_per_run(studies):
     gating = records_of(root, "gating")
     variants = ["glu", "gtu", "bilinear", "relu", "tanh", "linear"]
     variants += ["relu-unmatched", "tanh-unmatched", "linear-unmatched"]
-    assert sorted(gating) == sorted(f"{v}-s{s}" for v in variants for s in (1, 2))
+    main = sorted(k for k, r in gating.items() if "lr" not in r["info"])  # train.py's lr
+    assert main == sorted(f"{v}-s{s}" for v in variants for s in (1, 2))
+    # each matched variant's own lr: a sweep beside train.py's, seeds at the lr it chose
+    for v in variants[:6]:
+        assert gating[f"{v}-lr0.02-s1"]["config"]["lr"] == 0.02
+    long = {k: r for k, r in gating.items() if r["info"].get("long")}
+    assert {r["info"]["gating"] for r in long.values()} >= {"glu"} and len(long) == 4
     glu, relu, unmatched = gating["glu-s1"], gating["relu-s1"], gating["relu-unmatched-s1"]
     assert glu["status"] == "ok" and glu["seed"] == 1 and glu["budget"]["max_updates"] == 4
     assert glu["done"]["updates"] == 4 and glu["done"]["tokens"] > 0
@@ -162,6 +168,9 @@ def test_every_study_writes_one_record_per_run(studies):
         len([r for r in norm.values() if r["info"]["optimizer"] == "nag" and r["info"]["lr"] == lr])
         == 8
     )
+    unclipped = [r for r in norm.values() if r["info"].get("sweep") == "unclipped"]
+    assert {r["info"]["lr"] for r in unclipped} >= {0.01, 0.03, 0.1, 0.3}
+    assert all(r["config"]["clip_norm"] == 0 for r in unclipped)
     assert norm["adamw-neither-s2"]["config"]["clip_norm"] == 0
     assert norm["adamw-neither-s2"]["model"]["config"]["weight_norm"] is False
 
@@ -268,7 +277,8 @@ def test_dry_run_lists_runs_and_estimates_without_running(tmp_path, capsys):
     argv = study_argv(corpus, tmp_path, "all")
     assert run.main([argv[0], "--dry-run", *argv[1:]]) == 0
     out = capsys.readouterr().out
-    assert "gating: 0 run(s) recorded, 18 to do, about" in out
+    # 18 at train.py's lr, 6 sweep runs at lr 0.02 and their 6 second seeds, the 2-epoch pair
+    assert "gating: 0 run(s) recorded, 34 to do, about" in out and "2 at a time" in out
     assert "nag-neither-lr0.5-s2" in out and "[lr: chosen by the sweep]" in out
     assert "in all: about" in out
     assert not (tmp_path / "records").exists() and not (tmp_path / "runs").exists()
@@ -286,7 +296,8 @@ def test_results_page_from_the_records(studies, tmp_path):
                   "5. Latency", "6. The default run", "7. The longer CPU recipe"):  # fmt: skip
         assert f"## {title}" in page
     assert "| GLU | 5,048 | " in page and "| ReLU (preset width) | 3,448 | " in page
-    assert "- Fig. 3: GLU < ReLU in " in page and "- Fig. 5: bilinear < linear in " in page
+    assert "- Fig. 3: GLU < ReLU: ReLU − GLU = " in page and "- Fig. 5: bilinear < linear: " in page
+    assert "95% interval" in page and "- Fig. 3: ReLU ≈ GTU: " in page
     assert "- Machine: " in page and "- Budget: 4 updates of 64 tokens per run" in page
     assert "--data wikitext-103 --model gcnn-8" in page  # the full-scale command
     assert (

@@ -5,7 +5,7 @@ which runs what is not recorded yet, or only collects it when planning), `sectio
 plots)` (its part of docs/results.md, as lines) and, where it has one, `plot(records, path)`.
 """
 
-from studies import context, default, gating, latency, long, lstm, norm
+from studies import budget, context, default, flops, gating, latency, long, lstm, norm
 
-STUDIES = {m.NAME: m for m in (gating, norm, context, lstm, latency, default, long)}
+STUDIES = {m.NAME: m for m in (gating, norm, context, lstm, latency, default, long, flops, budget)}
 ALL = ("gating", "norm", "context", "lstm", "latency")  # `run.py all`: the ~3-hour CPU set

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 from page import RUN, group, image, no_records, params, plural, section_head, table
-from plots import errorbars, finish, pyplot, save
+from plots import errorbars, finish, plain_ticks, pyplot, save, seeds_text
 from records import test_ppl, valid_ppl
 from runner import Runner
-from stats import by_seed, compare, mean, spread
+from stats import Arm, arm, cell, interval, verdict
 from study import StudyOptions, model_args, runs_for_seeds, selected, training_args
 
 from gcnn.errors import GcnnError
@@ -27,11 +27,12 @@ def base_blocks(o: StudyOptions) -> list[dict]:
     return [{"layers": b["layers"], "repeat": b.get("repeat", 1)} for b in blocks]
 
 
-def with_kernel(blocks: list[dict], kernel: int) -> list[dict]:
-    """Every convolution wider than 1 gets `kernel`, every width x sqrt(k_base / kernel): the
-    convolutions keep their parameter count (k x c_in x c_out) and the receptive field changes."""
+def with_kernel(blocks: list[dict], kernel: int, keep_params: bool = True) -> list[dict]:
+    """Every convolution wider than 1 gets `kernel`; with keep_params every width x sqrt(k_base /
+    kernel) too, so the convolutions keep their parameter count (k x c_in x c_out) while the
+    receptive field changes; without it the widths stay the preset's (equal width)."""
     k_base = max(k for b in blocks for k, _ in b["layers"])
-    scale = math.sqrt(k_base / kernel)
+    scale = math.sqrt(k_base / kernel) if keep_params else 1.0
     return [
         {
             "layers": [[kernel if k > 1 else 1, max(1, round(c * scale))] for k, c in b["layers"]],
@@ -52,7 +53,8 @@ def toml_blocks(blocks: list[dict]) -> str:
 
 
 def runs(runner: Runner, o: StudyOptions) -> None:
-    """(a) Models whose kernels (hence receptive fields) differ at equal convolution parameters;
+    """(a) Models whose kernels (hence receptive fields) differ at equal convolution parameters,
+    and the same kernels at the preset's width (equal width: more parameters for wider kernels);
     the softmax input stays the preset's width. (b) The preset's own model evaluated on the test
     split with every token's history cut to 1, 2, 4, ... tokens (exactly: gcnn.evaluation)."""
     base = base_blocks(o)
@@ -82,10 +84,72 @@ def runs(runner: Runner, o: StudyOptions) -> None:
             contexts=tuple(h - 1 for h in histories) if is_base else (),
             context_tokens=o.context_tokens if is_base else 0,
         )
+    # the base kernel is the preset itself; a kernel of 1 sees no context at any width
+    for kernel in sorted(set(o.kernels) - {k_base, 1}):
+        blocks = with_kernel(base, kernel, keep_params=False)
+        flags = [*args, "--model-arg", f"blocks={toml_blocks(blocks)}"]
+        info = {"kernel": kernel, "receptive_field": receptive_field(blocks), "base": False}
+        runs += runs_for_seeds(
+            o,
+            "context",
+            f"k{kernel}-width",
+            flags,
+            label=f"kernel {kernel}, preset width",
+            info={**info, "matched": "width"},
+        )
     runner.run(selected(o, runs))
 
 
 # --- the page ---------------------------------------------------------------------------------
+
+
+def family(records: list[dict], matched: str) -> list[list[dict]]:
+    """The trained models compared at equal `matched` ("params" or "width"), by receptive field;
+    the preset itself (the base kernel) belongs to both."""
+    groups = group(records).values()
+    keep = [g for g in groups if g[0]["info"].get("matched", "params") == matched]
+    if matched == "width":
+        keep += [g for g in groups if g[0]["info"].get("base")]
+    return sorted(keep, key=lambda g: g[0]["info"]["receptive_field"])
+
+
+def trained(title: str, groups: list[list[dict]]) -> list[str]:
+    rows = [
+        [
+            f"{g[0]['info']['kernel']}",
+            f"{g[0]['info']['receptive_field']}",
+            params(g),
+            cell(g, valid_ppl),
+            cell(g, test_ppl),
+        ]
+        for g in groups
+    ]
+    lines = [
+        title,
+        "",
+        *table(["kernel", "receptive field", "params", "valid ppl", "test ppl"], rows),
+    ]
+    lines.append("")
+    for small, large in zip(groups, groups[1:], strict=False):
+        fs, fl = small[0]["info"]["receptive_field"], large[0]["info"]["receptive_field"]
+        a, b = arm(f"field {fl}", large), arm(f"field {fs}", small)
+        lines.append(f"- Receptive field {fl} vs {fs}: {verdict(a, b)}")
+    return lines + [""]
+
+
+def history_arms(base: list[dict]) -> dict[int, Arm]:
+    """{k: test ppl by seed with the history cut to k tokens}."""
+    histories = sorted({p["history"] for r in base for p in r["context_curve"]})
+    return {
+        h: Arm(
+            f"k={h}",
+            {
+                r["seed"]: next(p["ppl"] for p in r["context_curve"] if p["history"] == h)
+                for r in base
+            },
+        )
+        for h in histories
+    }
 
 
 def section(records: list[dict], plots: dict) -> list[str]:
@@ -101,98 +165,78 @@ def section(records: list[dict], plots: dict) -> list[str]:
         f"{RUN} context --data wikitext-103 --model gcnn-8 --max-epochs 35 "
         "--records experiments/records/wt103",
     )
-    groups = sorted(group(records).values(), key=lambda g: g[0]["info"]["receptive_field"])
-    rows = [
-        [
-            f"{g[0]['info']['kernel']}",
-            f"{g[0]['info']['receptive_field']}",
-            params(g),
-            spread([valid_ppl(r) for r in g]),
-            spread([test_ppl(r) for r in g]),
-        ]
-        for g in groups
-    ]
-    lines += [
+    lines += trained(
         "**(a) Models trained with different receptive fields** (same depth, widths scaled to "
-        "keep the convolutions' parameters):",
-        "",
-    ]
-    lines += table(["kernel", "receptive field", "params", "valid ppl", "test ppl"], rows) + [""]
-    for small, large in zip(groups, groups[1:], strict=False):
-        fs, fl = small[0]["info"]["receptive_field"], large[0]["info"]["receptive_field"]
-        lines.append(
-            f"- Receptive field {fl} vs {fs}: "
-            + compare(f"field {fl}", by_seed(large), f"field {fs}", by_seed(small))
+        "keep the convolutions' parameters; mean [95% interval] over seeds):",
+        family(records, "params"),
+    )
+    width = family(records, "width")
+    if len(width) > 1:
+        lines += trained(
+            "**(a′) The same kernels at the preset's width** (equal width: a wider kernel has "
+            "more parameters):",
+            width,
         )
-    lines.append("")
     base = [r for r in records if r.get("context_curve")]
     if base:
         tokens = base[0].get("context_tokens") or 0
-        histories = sorted({p["history"] for r in base for p in r["context_curve"]})
-        per = {
-            h: [next(p["ppl"] for p in r["context_curve"] if p["history"] == h) for r in base]
-            for h in histories
-        }
+        arms = history_arms(base)
         where = f"the first {tokens:,} test tokens" if tokens else "every test token"
         lines += [
             f"**(b) One model (the preset, {plural(len(base), 'seed')}) scored with its history "
-            f"cut to k tokens** (exact: every token sees exactly k previous tokens; {where}):",
+            f"cut to k tokens** (exact: every token sees exactly k previous tokens; {where}; "
+            "mean [95% interval]):",
             "",
         ]
-        lines += table(["history k", "test ppl"], [[str(h), spread(per[h])] for h in histories]) + [
-            ""
+        rows = [[str(h), cell_of(a)] for h, a in arms.items()]
+        lines += table(["history k", "test ppl"], rows) + [""]
+        ks = list(arms)
+        lines += [
+            "Each step of history, paired by seed (does the longer history score lower?):",
+            "",
         ]
-        steps = []
-        for h0, h1 in zip(histories, histories[1:], strict=False):
-            gain = mean(per[h0]) - mean(per[h1])
-            steps.append(f"{h0}→{h1}: −{gain:.1f}" if gain >= 0 else f"{h0}→{h1}: +{-gain:.1f}")
-        if steps:
-            first = mean(per[histories[0]]) - mean(per[histories[1]]) if len(histories) > 1 else 0
-            last = mean(per[histories[-2]]) - mean(per[histories[-1]]) if len(histories) > 1 else 0
-            verdict = (
-                "returns fall off with context, as in the paper"
-                if first > last
-                else "returns do not fall off here"
-            )
-            monotone = all(
-                mean(per[a]) > mean(per[b]) for a, b in zip(histories, histories[1:], strict=False)
-            )
-            helps = "every extra token of history helps" if monotone else "not every step helps"
-            lines.append(
-                f"- Perplexity change per step of history (mean over seeds): {', '.join(steps)} "
-                f"ppl; {helps}, and {verdict}."
-            )
-            lines.append("")
+        for h0, h1 in zip(ks, ks[1:], strict=False):
+            lines.append(f"- {h0} → {h1} tokens: {verdict(arms[h1], arms[h0])}")
+        if len(ks) > 2:  # diminishing returns: the first step gains more than the last
+            step_last = Arm("gain of the last step", gains(arms[ks[-2]], arms[ks[-1]]))
+            first = f"gain of the first step ({ks[0]} → {ks[1]})"
+            step_first = Arm(first, gains(arms[ks[0]], arms[ks[1]]))
+            lines.append(f"- Returns fall off with context: {verdict(step_last, step_first)}")
+        lines.append("")
     return lines + image("context", plots)
+
+
+def gains(short: Arm, long: Arm) -> dict[int, float]:
+    """By seed, how much lower the longer history scores."""
+    return {s: short.values[s] - long.values[s] for s in short.values if s in long.values}
+
+
+def cell_of(a: Arm) -> str:
+    i = interval(list(a.values.values()))
+    return f"{i.mean:.1f}" if i.n < 2 else f"{i.mean:.1f} [{i.low:.1f}, {i.high:.1f}]"
 
 
 def plot(records: list[dict], path: Path) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    groups = sorted(group(records).values(), key=lambda g: g[0]["info"]["receptive_field"])
-    xs = [g[0]["info"]["receptive_field"] for g in groups]
-    errorbars(axes[0], xs, [[test_ppl(r) for r in g] for g in groups], "C0")
-    finish(
-        axes[0],
-        "receptive field (tokens)",
-        "test perplexity",
-        "(a) trained with this receptive field",
-        legend=False,
-    )
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    for matched, color, marker in (
+        ("params", "C0", "equal parameters"),
+        ("width", "C2", "equal width"),
+    ):
+        groups = family(records, matched)
+        if len(groups) > 1 or matched == "params":
+            xs = [g[0]["info"]["receptive_field"] for g in groups]
+            values = [[test_ppl(r) for r in g if test_ppl(r)] for g in groups]
+            errorbars(axes[0], xs, values, color, label=marker)
+    title = f"(a) trained with this field: mean of {seeds_text(records)}, bars min–max"
+    finish(axes[0], "receptive field (tokens)", "test perplexity", title)
     base = [r for r in records if r.get("context_curve")]
     if base:
-        histories = sorted({p["history"] for r in base for p in r["context_curve"]})
-        values = [
-            [next(p["ppl"] for p in r["context_curve"] if p["history"] == h) for r in base]
-            for h in histories
-        ]
-        errorbars(axes[1], histories, values, "C1")
+        arms = history_arms(base)
+        errorbars(axes[1], list(arms), [list(a.values.values()) for a in arms.values()], "C1")
         axes[1].set_xscale("log", base=2)
-    finish(
-        axes[1],
-        "history k (tokens)",
-        "test perplexity (subset)",
-        "(b) one model, history cut to k",
-        legend=False,
-    )
+        axes[1].xaxis.set_major_formatter(plain_ticks())
+    tokens = f"first {base[0].get('context_tokens'):,} test tokens" if base else "test"
+    title = f"(b) one model, history cut to k: mean of {seeds_text(base)}, bars min–max"
+    finish(axes[1], "history k (tokens)", f"test perplexity ({tokens})", title, legend=False)
     save(fig, path)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import shlex
 
 from measure import model_family
-from page import RUN, machines, no_records, plural, table
+from page import RUN, load_brief, load_text, machines, no_records, plural, table
 from records import test_ppl, valid_ppl
 from runner import Run, Runner
-from stats import mean, spread
+from stats import mean
 from study import StudyOptions, for_family, seeds, selected, user_budget
 
 NAME = "default"
@@ -60,11 +60,8 @@ def section_runs(title: str, study: str, records: list[dict], target: str) -> li
     rows, resumed = [], False
     for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
         d = r["done"]
-        # A resumed run's process time covers only its last process; the trainer's clock runs on
-        # across the resume, so it stands in (training and validation, without start-up).
-        wall = f"{d['process_s'] / 60:.1f}"
-        if r.get("resumed"):
-            wall, resumed = f"{d['trainer_wall_s'] / 60:.1f}†", True
+        wall = f"{wall_minutes(r):.1f}" + ("†" if r.get("resumed") else "")
+        resumed = resumed or bool(r.get("resumed"))
         rows.append(
             [
                 f"`{r['label']}`",
@@ -72,8 +69,9 @@ def section_runs(title: str, study: str, records: list[dict], target: str) -> li
                 wall,
                 f"{d['updates']:,}",
                 f"{d['tokens'] / 1e6:.2f}M ({d['epochs'] or 0:.2f} ep.)",
-                spread([valid_ppl(r)]),
-                spread([test_ppl(r)]),
+                f"{valid_ppl(r):.2f}" if valid_ppl(r) else "–",
+                f"{test_ppl(r):.2f}" if test_ppl(r) else "–",
+                load_brief(r),
             ]
         )
     lines = [
@@ -81,15 +79,24 @@ def section_runs(title: str, study: str, records: list[dict], target: str) -> li
         "",
         f"- Command: `{RUN} {study}` (each run: `python train.py` as listed, timed as `time` "
         "would, then exact evaluation)",
-        f"- Machine: {machines(records)}.",
+        f"- Machine: {machines(records)}; {load_text(records)}.",
         "",
     ]
     lines += table(
-        ["command", "seed", "wall (min)", "updates", "tokens", "valid ppl", "test ppl"], rows
+        ["command", "seed", "wall (min)", "updates", "tokens", "valid ppl", "test ppl", "load"],
+        rows,
     )
     if resumed:
         lines += ["", "† resumed after an interruption: the trainer's clock over both processes."]
     return lines + ["", target, ""]
+
+
+def wall_minutes(record: dict) -> float:
+    """`time python train.py`, in minutes. A resumed run's process time covers only its last
+    process; the trainer's clock runs on across the resume, so it stands in (training and
+    validation, without start-up)."""
+    done = record["done"]
+    return done["trainer_wall_s" if record.get("resumed") else "process_s"] / 60
 
 
 def default_target(records: list[dict], goal: float, minutes: float, reference: str) -> str:
@@ -98,8 +105,7 @@ def default_target(records: list[dict], goal: float, minutes: float, reference: 
     if not gcnn:
         return ""
     ppl = mean([test_ppl(r) for r in gcnn])
-    key = {True: "trainer_wall_s", False: "process_s"}  # see section_runs
-    wall = mean([r["done"][key[bool(r.get("resumed"))]] for r in gcnn]) / 60
+    wall = mean([wall_minutes(r) for r in gcnn])
     met = "met" if ppl <= goal and wall <= minutes else "not met"
     return (
         f"`{gcnn[0]['label']}`: test perplexity {ppl:.1f} in {wall:.1f} min "

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 from page import RUN, edge_warning, image, no_records, params, section_head, table
-from plots import band, clip_top, finish, pyplot, save
+from plots import band, finish, pyplot, save, seeds_text, valid_label
 from records import test_ppl, valid_ppl
 from runner import Run, Runner
-from stats import best_lr, by_seed, compare, interp_log, mean, spread
+from stats import Arm, arm, best_lr, cell, interp_log, mean, verdict
 from study import (
     StudyOptions,
     budget_args,
@@ -20,6 +20,7 @@ from study import (
     model_args,
     runs_for_seeds,
     selected,
+    solve_increasing,
     vocab_size,
 )
 
@@ -43,13 +44,7 @@ def matched_lstm_hidden(o: StudyOptions, lstm_overrides: dict, plan: bool) -> tu
     gcnn_overrides = model_args(o.extra)
     target = count_params(o.model, vocab, **gcnn_overrides)
     params = lambda h: count_params(o.lstm_model, vocab, **{**lstm_overrides, "hidden_size": h})  # noqa: E731
-    lo, hi = 1, 2
-    while params(hi) < target:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:  # params grows with h: the last h below the target and the first above
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if params(mid) < target else (lo, mid)
-    best = min((lo, hi), key=lambda h: abs(params(h) - target))
+    best = solve_increasing(params, target)
     return best, params(best), target
 
 
@@ -165,7 +160,7 @@ def section(records: list[dict], plots: dict) -> list[str]:
             r["info"]["family"],
             f"{r['info']['lr']:g}",
             r["status"],
-            spread([valid_ppl(r)]),
+            cell([r], valid_ppl),
             "chosen" if best.get(r["info"]["family"]) == r["info"]["lr"] else "",
         ]
         for r in sweep
@@ -193,8 +188,8 @@ def section(records: list[dict], plots: dict) -> list[str]:
                 f"{flops['train'] / 1e6:.1f}",
                 f"{mean([r['done']['train_s'] for r in ok]) / 60:.1f}",
                 f"{mean([r['curve'][-1]['train_flops'] for r in ok if r.get('curve')]) / 1e15:.3f}",
-                spread([valid_ppl(r) for r in ok]),
-                spread([test_ppl(r) for r in ok]),
+                cell(ok, valid_ppl),
+                cell(ok, test_ppl),
             ]
         )
     lines += table(
@@ -214,38 +209,45 @@ def section(records: list[dict], plots: dict) -> list[str]:
         "Training FLOPs = 3 × forward FLOPs per scored token × tokens; forward = the network "
         "(a GCNN's over its block plus the unscored context) + the adaptive-softmax head + each "
         "tail weighted by how often training targets fall in it (2 × multiply-adds; "
-        "`experiments/runner.py: flops_per_token`). Training time excludes validations.",
+        "`experiments/measure.py: flops_per_token`). Training time excludes validations. "
+        "Perplexities: mean [95% interval of the mean] over seeds.",
         "",
     ]
     if "gcnn" in main and "lstm" in main:
-        g, lstm = by_seed(main["gcnn"]), by_seed(main["lstm"])
-        lines.append(f"- Equal updates and tokens: {compare('GCNN', g, 'LSTM', lstm)}")
+        g, lstm = arm("GCNN", main["gcnn"]), arm("LSTM", main["lstm"])
+        lines.append(f"- Equal updates and tokens: {verdict(g, lstm)}")
         for key, unit, scale in (
             ("train_s", "min of training", 60),
             ("train_flops", "PFLOP", 1e15),
         ):
             x, ppl = at_common(main, key)
             if ppl.get("gcnn") and ppl.get("lstm"):
+                a, b = Arm("GCNN", ppl["gcnn"]), Arm("LSTM", ppl["lstm"])
                 lines.append(
-                    f"- At equal compute ({x / scale:.3g} {unit}, validation subset): "
-                    + compare("GCNN", ppl["gcnn"], "LSTM", ppl["lstm"])
+                    f"- At equal compute ({x / scale:.3g} {unit}, validation subset, read off "
+                    "the curves of the longer run, whose schedule had not ended there: "
+                    f"indicative only; `{RUN} budget` measures it): {verdict(a, b)}"
                 )
         lines.append("")
     return lines + image("lstm", plots)
 
 
+AXES = (  # (record key, scale, label) of each panel's x axis
+    ("tokens", 1e6, "training tokens (millions)"),
+    ("train_s", 60, "training time (minutes, validations excluded)"),
+    ("train_flops", 1e15, "training PFLOP"),
+)
+
+
 def plot(records: list[dict], path: Path) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     main = lstm_main(records)
-    finals = []
     for i, (_, rs) in enumerate(sorted(main.items())):
         label = f"{rs[0]['model']['name']} (lr {rs[0]['info']['lr']:g})"
-        for ax, key in zip(axes, ("tokens", "train_s", "train_flops"), strict=True):
-            finals.append(band(ax, rs, key, f"C{i}", label))
-    for ax, xlabel in zip(
-        axes, ("training tokens", "training time (s)", "training FLOPs"), strict=True
-    ):
-        finish(ax, xlabel, "validation perplexity (subset)", "", log=True)
-        clip_top(ax, finals)
+        for ax, (key, scale, _) in zip(axes, AXES, strict=True):
+            band(ax, rs, key, f"C{i}", label, scale=scale)
+    shown = [r for rs in main.values() for r in rs]
+    for ax, (_, _, xlabel) in zip(axes, AXES, strict=True):
+        finish(ax, xlabel, valid_label(shown), f"mean of {seeds_text(shown)}", log=True)
     save(fig, path)

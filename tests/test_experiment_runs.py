@@ -1,0 +1,148 @@
+"""experiments/: the FLOP-matched and budget studies end to end at toy scale, and what every new
+record carries (load through the run, the commit, repo-relative paths, a divergence's cause);
+runs side by side with --jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_experiments import TINY, records_of  # noqa: E402
+
+
+def argv(corpus: Path, root: Path, *studies: str) -> list[str]:
+    return [
+        *studies, "--in-process", "--data", str(corpus), "--seeds", "2",
+        "--max-updates", "4", "--valid-points", "2",
+        "--records", str(root / "records"), "--runs", str(root / "runs"),
+        "--budget-minutes", "0.01,0.02", "--budget-pflops", "1e-9,2e-9",
+        "--", *TINY,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def new_studies(tmp_path_factory):
+    import run
+    from conftest import write_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("new")
+    corpus = write_synthetic_corpus(root / "tiny")
+    torch.set_num_threads(1)
+    assert run.main(argv(corpus, root, "flops", "budget")) == 0
+    return corpus, root
+
+
+def test_flop_matched_pairs_do_the_same_network_flops(new_studies):
+    _, root = new_studies
+    flops = records_of(root, "flops")
+    for size in ("small", "preset"):
+        pair = {
+            f: next(
+                r for r in flops.values() if r["info"]["size"] == size and r["info"]["family"] == f
+            )
+            for f in ("gcnn", "lstm")
+        }
+        g, lstm = (pair[f]["flops_per_token"]["network"] for f in ("gcnn", "lstm"))
+        assert abs(g - lstm) < 0.05 * g, (size, g, lstm)  # matched, to one hidden unit
+        assert (
+            pair["lstm"]["model"]["config"]["softmax_dim"]
+            == pair["gcnn"]["model"]["config"]["blocks"][-1]["layers"][-1][1]
+        )
+        for family in ("gcnn", "lstm"):  # a sweep, then the second seed at the chosen lr
+            mine = [
+                r
+                for r in flops.values()
+                if r["info"]["size"] == size and r["info"]["family"] == family
+            ]
+            assert {r["info"]["lr"] for r in mine if r["seed"] == 1} >= {0.005, 0.01, 0.02}
+            assert any(r["seed"] == 2 for r in mine)
+
+
+def test_budget_runs_end_their_schedule_at_their_budget(new_studies):
+    _, root = new_studies
+    budget = records_of(root, "budget")
+    timed = [r for r in budget.values() if r["info"]["budget"] == "time"]
+    counted = [r for r in budget.values() if r["info"]["budget"] == "flops"]
+    assert len(timed) == len(counted) == 2 * 2 * 2  # 2 families x 2 budgets x 2 seeds
+    assert {r["config"]["max_minutes"] for r in timed} == {0.01, 0.02}
+    for r in counted:  # the updates the budget buys, from the model's own FLOPs per update
+        per_update = r["flops_per_token"]["train"] * r["config"]["tokens_per_batch"]
+        assert r["config"]["max_updates"] == max(1, int(r["info"]["pflop"] * 1e15 // per_update))
+        assert r["config"]["max_updates"] * per_update <= r["info"]["pflop"] * 1e15 or (
+            r["config"]["max_updates"] == 1
+        )
+
+
+def test_new_records_carry_load_commit_and_no_absolute_path(new_studies):
+    _, root = new_studies
+    r = next(iter(records_of(root, "flops").values()))
+    load = r["load"]
+    assert load["samples"] >= 2 and load["max"] >= max(load["start"], load["end"]) - 1e-9
+    assert r["load_average"] == [load["start"], load["end"]]
+    assert set(r["git"]) == {"commit", "dirty"}
+    text = json.dumps(r)
+    assert str(ROOT) + "/" not in text  # inside the repository: written relative to it
+
+
+def test_the_new_sections_and_plots(new_studies, tmp_path):
+    import report
+
+    _, root = new_studies
+    out = tmp_path / "results.md"
+    assert report.main(["--records", str(root / "records"), "--out", str(out), "--no-plots"]) == 0
+    page = out.read_text()
+    assert "## 8. GCNN against LSTM at matched FLOPs" in page and "small, equal FLOPs" in page
+    assert "## 9. GCNN against LSTM at equal budgets" in page and "- 0.01 min: GCNN < LSTM" in page
+
+
+def test_runs_side_by_side(tmp_path, monkeypatch):
+    """--jobs 2: two runs of one stage at once, each record written as it finishes."""
+    import runner
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def execute(self, run):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return {"run_id": run.run_id, "wall_s": 0.2, "threads": self.threads}
+
+    monkeypatch.setattr(runner.Runner, "execute", execute)
+    monkeypatch.setattr(runner.Run, "spec", lambda self: {})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    r = runner.Runner(runner.Options(records=tmp_path, runs=tmp_path / "runs", jobs=2))
+    runs = [runner.Run("s", f"v{i}", 1, []) for i in range(4)]
+    records = r.run(runs)
+    assert [x["run_id"] for x in records] == [f"v{i}-s1" for i in range(4)] and peak[0] == 2
+    assert all(x["threads"] == max(1, (__import__("os").cpu_count() or 1) // 2) for x in records)
+    assert len(list(tmp_path.glob("s/*.json"))) == 4
+    peak[0] = 0
+    r.run([runner.Run("s", f"w{i}", 1, []) for i in range(3)], jobs=1)  # timed runs: alone
+    assert peak[0] == 1
+
+
+def test_a_divergence_records_where_and_why(tmp_path):
+    import run
+    from conftest import write_synthetic_corpus
+
+    corpus = write_synthetic_corpus(tmp_path / "tiny", lines=50)
+    args = argv(corpus, tmp_path, "norm")
+    args[args.index("--max-updates") + 1] = "8"
+    args = [*args[:1], "--only", "nag-neither*", "--nag-lrs", "1e30,2e30", *args[1:]]
+    assert run.main(args) == 0
+    r = next(iter(records_of(tmp_path, "norm").values()))
+    assert r["status"] == "diverged" and "diverged" in r["diverged"]["cause"]
+    assert r["diverged"]["update"] is not None
