@@ -11,14 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from gcnn.plotting import pyplot
 
 
 def seeds_text(records: list[dict]) -> str:
@@ -127,6 +120,4 @@ def save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)

@@ -15,6 +15,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+from gcnn.machine import cpu_flags, cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "experiments" / "records"
 RUNS = ROOT / "runs" / "experiments"
@@ -85,30 +87,14 @@ def write_json(path: Path, data: dict) -> None:
 # --- the machine ------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> dict:
     """Where a figure was measured: CPU model and features, cores, torch, threads, GPU."""
     import torch
 
-    flags = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags())),
         "torch": torch.__version__,
         "threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
         "python": platform.python_version(),

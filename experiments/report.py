@@ -22,11 +22,11 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from page import group  # noqa: E402
 from readme import block, rewrite  # noqa: E402
 from records import RECORDS, ROOT, load_records  # noqa: E402
-from runner import Parser  # noqa: E402
 from studies import STUDIES  # noqa: E402
 
 from gcnn.data import atomic_write  # noqa: E402
-from gcnn.errors import GcnnError, run_cli  # noqa: E402
+from gcnn.errors import ArgumentParser, GcnnError, run_cli  # noqa: E402
+from gcnn.plotting import pyplot  # noqa: E402
 
 
 def build_page(records_dir: Path, out: Path, img_dir: Path | None) -> tuple[str, list[Path]]:
@@ -67,7 +67,7 @@ def build_page(records_dir: Path, out: Path, img_dir: Path | None) -> tuple[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = Parser(prog="python experiments/report.py", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python experiments/report.py", description=__doc__.splitlines()[0])
     p.add_argument("--records", default=str(RECORDS))
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--img", default=None, help="plot directory (default: img/ next to --out)")
@@ -82,13 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     img = None if args.no_plots else Path(args.img) if args.img else out.parent / "img"
     if img is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise GcnnError(
-                "the plots need matplotlib: pip install 'gcnn[plot]' (or pass --no-plots for the "
-                "tables alone)"
-            ) from None
+        pyplot("the plots (or pass --no-plots for the tables alone)")  # fails now, not last
     records = Path(args.records)
     if not records.is_dir():
         raise GcnnError(f"--records {records}: no such directory; run experiments/run.py first")

@@ -38,11 +38,12 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from estimate import estimate  # noqa: E402
 from launch import Interrupted  # noqa: E402
 from records import RECORDS, RUNS, load_records  # noqa: E402
-from runner import Options, Parser, Runner  # noqa: E402
+from runner import Options, Runner  # noqa: E402
 from studies import ALL, STUDIES  # noqa: E402
 from study import StudyOptions  # noqa: E402
 
-from gcnn.errors import GcnnError, run_cli  # noqa: E402
+from gcnn.devices import resolve_device  # noqa: E402
+from gcnn.errors import ArgumentParser, GcnnError, run_cli  # noqa: E402
 
 DEFAULTS = StudyOptions()  # the flags' defaults are the options' own
 
@@ -66,7 +67,7 @@ def int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
+    p = ArgumentParser(
         prog="python experiments/run.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -203,13 +204,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, StudyOptions, Options]:
         raise GcnnError(
             "--kernels, --lrs, --nag-lrs, --unclipped-lrs and the budgets need positive values"
         )
-    if args.eval_device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise GcnnError(f"--eval-device {args.eval_device}: no CUDA device; use cpu or auto")
-    elif args.eval_device not in ("auto", "cpu"):
-        raise GcnnError(f"--eval-device {args.eval_device}: choose auto, cpu or cuda")
+    resolve_device(args.eval_device, "--eval-device")  # a missing GPU fails before any run
     data = args.data
     if Path(data).exists():  # a corpus directory: absolute, since train.py runs in the repository
         data = str(Path(data).resolve())

@@ -15,7 +15,6 @@ was interrupted continues from its checkpoint_last.pt (train.py --resume).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -27,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from launch import Interrupted, last_line, launch
 from measure import (
     exact_perplexity,
@@ -49,6 +47,7 @@ from records import (
     write_json,
 )
 
+from gcnn.devices import resolve_device
 from gcnn.errors import GcnnError
 
 # --- what a run is -----------------------------------------------------------------------------
@@ -124,13 +123,6 @@ class Options:
     eval_batch_size: int = 8
     eval_block_size: int = 512
     jobs: int = 1  # runs of one stage (a sweep, a study's seeds) launched at once
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one `error:` line and exit status 2 (GcnnError + run_cli)."""
-
-    def error(self, message: str):
-        raise GcnnError(f"{message} (see `{self.prog} --help`)")
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -324,9 +316,7 @@ class Runner:
             )
         rows = read_metrics(out / "metrics.jsonl")
         best = out / "checkpoint_best.pt"
-        device = self.options.eval_device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(self.options.eval_device, "--eval-device")
         checkpoint = best if best.exists() else out / "checkpoint_last.pt"
         if checkpoint.exists():
             model, tokenizer, ckpt = load_model(checkpoint, device=device)

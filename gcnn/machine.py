@@ -23,22 +23,36 @@ from dataclasses import dataclass
 BUSY_FRACTION = 0.5
 
 
-def cpu_name() -> str:
-    """The CPU model and its bf16-related flags, e.g. "AMD EPYC 9B45 [avx512_bf16]": what a
-    timing depends on, and the key of what was measured where."""
-    name, flags = platform.processor() or platform.machine() or "unknown CPU", ""
+def _cpuinfo() -> tuple[str, set[str]]:
+    name, flags = platform.processor() or platform.machine() or "unknown CPU", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     name = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = " ".join(sorted(f for f in have if "bf16" in f or f.startswith("amx")))
+                    flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
-    return f"{name} [{flags}]" if flags else name
+    return name, flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it, e.g. "AMD EPYC 9B45"."""
+    return _cpuinfo()[0]
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's bf16 and AMX flags: what decides which fast paths torch can take here."""
+    return sorted(f for f in _cpuinfo()[1] if "bf16" in f or f.startswith("amx"))
+
+
+def cpu_name() -> str:
+    """The CPU model and its bf16-related flags, e.g. "AMD EPYC 9B45 [avx512_bf16]": what a
+    timing depends on, and the key of what was measured where."""
+    flags = " ".join(cpu_flags())
+    return f"{cpu_model()} [{flags}]" if flags else cpu_model()
 
 
 def cores() -> int:
