@@ -163,6 +163,10 @@ def test_dict_txt_ids_follow_fairseq(tmp_path):
     path.write_text("the 100\nthe 90\n", encoding="utf-8")
     with pytest.raises(GcnnError, match="appears twice"):
         read_dictionary(path, 8)
+    for clash in ("</s> 5\n", "<eos> 5\n"):
+        path.write_text("the 100\n" + clash, encoding="utf-8")
+        with pytest.raises(GcnnError, match="appears twice|ordinary word"):
+            read_dictionary(path, 8)
     path.write_text("the 100\nthe 90 #fairseq:overwrite\n", encoding="utf-8")
     with pytest.raises(GcnnError, match="overwrite"):
         read_dictionary(path, 8)

@@ -21,6 +21,7 @@ import fairseq_reference as ref  # noqa: E402
 from gcnn.checkpoint import load_model, model_checkpoint, save_checkpoint  # noqa: E402
 from gcnn.convert import convert_file, to_fairseq  # noqa: E402
 from gcnn.convert.dictionary import fairseq_symbols  # noqa: E402
+from gcnn.convert.fairseq_pickle import read_fairseq_checkpoint  # noqa: E402
 from gcnn.data import WordTokenizer  # noqa: E402
 from gcnn.errors import GcnnError  # noqa: E402
 from gcnn.evaluation.fairseq_blocks import fairseq_blocks_nll  # noqa: E402
@@ -171,8 +172,7 @@ def test_a_real_checkpoint_with_a_pickled_call_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     ref.save_current_generation(cfg, task, fmodel, path)
     marker = tmp_path / "pwned"
-    with ref.trusting_torch_load():
-        ckpt = torch.load(path)  # the test's own file
+    ckpt = read_fairseq_checkpoint(path)  # fairseq's own file, read as data
     ckpt["extra_state"]["metrics"] = _Payload(marker)
     torch.save(ckpt, path)
     with pytest.raises(GcnnError, match="pickle names posix.system, which is not data") as err:
@@ -216,9 +216,12 @@ def _native_model(tmp_path, seed: int, **overrides) -> tuple[Path, torch.nn.Modu
     config.update(overrides)
     torch.manual_seed(seed)
     model = model_from_config(config).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # fairseq's initialisation, with gains that are not ‖v‖ and biases
         for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith("original0") else 0.0))
+            if name.endswith("original0"):
+                p.mul_(0.5 + torch.rand_like(p))
+            elif name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
     path = tmp_path / "native.pt"
     save_checkpoint(path, model_checkpoint(model, tokenizer))
     return path, model, tokenizer

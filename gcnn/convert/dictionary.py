@@ -25,6 +25,7 @@ from .fairseq_layout import MAX_VOCAB
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 WAV2LETTER_HEADER = "<fairseq_style>"
 PAD_MULTIPLE = 8
+MAX_DICT_BYTES = 1 << 30  # GBW's dict.txt is ~10 MB
 
 
 def read_dictionary(path: str | Path, model_rows: int) -> list[str]:
@@ -32,6 +33,8 @@ def read_dictionary(path: str | Path, model_rows: int) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise GcnnError(f"dictionary {path} does not exist; pass the model's dict.txt (or .vocab)")
+    if path.stat().st_size > MAX_DICT_BYTES:
+        raise GcnnError(f"dictionary {path} is over {MAX_DICT_BYTES >> 20} MiB; refusing it")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -86,18 +89,20 @@ def _as_gcnn_words(symbols: list[str], path: Path) -> list[str]:
     """Rename fairseq's `</s>` to this project's <eos>, refusing names that would collide."""
     if symbols[2] != "</s>" or symbols[3] != UNK:
         raise GcnnError(f"{path}: ids 2 and 3 must be </s> and {UNK} (fairseq's layout)")
-    words = list(symbols)
-    words[2] = EOS
     seen: dict[str, int] = {}
-    for i, word in enumerate(words):
-        if word in seen:
-            shown = "</s>" if i == 2 else word
+    for i, word in enumerate(symbols):
+        if word in seen:  # fairseq's Dictionary refuses these too
             raise GcnnError(
-                f"{path}: {shown!r} appears twice (ids {seen[word]} and {i}); a vocabulary "
+                f"{path}: {word!r} appears twice (ids {seen[word]} and {i}); a vocabulary "
                 "needs distinct entries"
             )
         seen[word] = i
-    return words
+    if EOS in seen:
+        raise GcnnError(
+            f"{path} has {EOS!r} as an ordinary word (id {seen[EOS]}); gcnn writes fairseq's "
+            "</s> as <eos>, so the two would collide"
+        )
+    return [EOS if i == 2 else word for i, word in enumerate(symbols)]
 
 
 def fairseq_symbols(words: list[str], eos_id: int, unk_id: int) -> tuple[list[str], list[int]]:

@@ -82,7 +82,9 @@ class _Source:
         if key not in self.tensors:
             raise GcnnError(f"{self.name} lacks decoder.{key}; the checkpoint is incomplete")
         self.used.add(key)
-        return self.tensors[key].detach().to(torch.float64)
+        # float32 as the model holds it (fp16 files widened); no copy of a float32 tensor, which
+        # matters for a 229M-parameter model (weight-norm arithmetic is done in float64 apart)
+        return self.tensors[key].detach().to(torch.float32)
 
     def weight_norm(self, prefix: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(g, v) of a weight-normalised layer; a plain `weight` is split into them."""
@@ -253,7 +255,7 @@ def _tail_out(src: _Source, i: int) -> str:
 
 
 def _map_weights(src: _Source, layout: FconvLayout, config: dict, notes: list[str]) -> dict:
-    """This project's state dict (float64 tensors) from the fairseq tensors."""
+    """This project's state dict from the fairseq tensors."""
     wn = "parametrizations.weight"
     out = {"embed.weight": src.take("embed_tokens.weight")}
     g, v = src.weight_norm("fc1", 0)
