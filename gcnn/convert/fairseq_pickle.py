@@ -100,11 +100,11 @@ def read_fairseq_checkpoint(path: str | Path) -> dict:
         raise GcnnError(f"{path}: {err}") from None
     allowed: list = [argparse.Namespace]
     allowed += [(_placeholder(n), n) for n in sorted(set(names)) if n.startswith(INERT_PREFIXES)]
-    is_zip = zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(allowed):
-            # mmap: a zip checkpoint's tensors are paged in as they are used, not all read first
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            # read into memory, not mmap'ed: a file rewritten in place while its tensors are
+            # mapped would kill the process with SIGBUS
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = " ".join(str(err).split())
         found = _named_global(text)
