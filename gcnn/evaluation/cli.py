@@ -60,6 +60,10 @@ def cmd_perplexity(args) -> int:
             f"{directory} has no {args.split} split (found: {', '.join(files) or 'none'}); "
             "pick another --split"
         )
+    if args.fairseq_blocks is None and args.context_window:
+        raise GcnnError("--context-window applies to --fairseq-blocks only")
+    if args.fairseq_blocks is not None and cache_requested(args):
+        raise GcnnError("--fairseq-blocks does not combine with the continuous cache")
     if cache_requested(args):
         return perplexity_with_cache(args, model, tokenizer, directory, files, device)
     split = tokenize_split(tokenizer, files[args.split])
@@ -70,18 +74,37 @@ def cmd_perplexity(args) -> int:
     if split.oov:
         print(f"warning: {split.oov} unknown words scored as <unk>", file=sys.stderr)
     with _autocast(args, model, device, split.tokens, tokenizer.eos_id):
-        result = evaluate_perplexity(
-            model,
-            tokenizer,
-            split.tokens,
-            words=split.words,
-            block_size=args.block_size,
-            batch_size=args.batch_size,
-            device=device,
-        )
+        if args.fairseq_blocks is not None:  # as fairseq-eval-lm measures it (not exact)
+            from gcnn.evaluation.fairseq_blocks import evaluate_fairseq_blocks
+
+            result = evaluate_fairseq_blocks(
+                model,
+                tokenizer,
+                split.tokens,
+                words=split.words,
+                tokens_per_sample=args.fairseq_blocks,
+                context_window=args.context_window,
+                batch_size=args.batch_size,
+                device=device,
+            )
+        else:
+            result = evaluate_perplexity(
+                model,
+                tokenizer,
+                split.tokens,
+                words=split.words,
+                block_size=args.block_size,
+                batch_size=args.batch_size,
+                device=device,
+            )
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
+    if args.fairseq_blocks is not None:
+        print(
+            f"as fairseq-eval-lm: blocks of {args.fairseq_blocks} tokens, context window "
+            f"{args.context_window} (not the exact perplexity)"
+        )
     print(f"{directory.name} {args.split}: {result.tokens:,} tokens")
     print(f"loss {result.loss:.4f} nats/token   perplexity {result.perplexity:.2f}")
     if result.word_perplexity is not None:
@@ -254,6 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test", choices=("valid", "test"))
     q.add_argument("--block-size", type=int, default=512, help="targets per row (default 512)")
     q.add_argument("--allow-oov", action="store_true", help="score unknown words as <unk>")
+    q.add_argument(
+        "--fairseq-blocks",
+        type=int,
+        nargs="?",
+        const=1024,
+        metavar="N",
+        help="score as fairseq-eval-lm does by default, to compare with its numbers: "
+        "non-overlapping blocks of N tokens (default 1024), no history before a block",
+    )
+    q.add_argument(
+        "--context-window",
+        type=int,
+        default=0,
+        metavar="C",
+        help="with --fairseq-blocks: fairseq-eval-lm's --context-window (default 0)",
+    )
     q.add_argument("--json", action="store_true")
     common(q, 8)
     from gcnn.evaluation.cache_cli import add_cache_flags
