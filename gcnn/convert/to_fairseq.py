@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from gcnn.checkpoint import load_model, signals_deferred
+from gcnn.checkpoint import load_model
 from gcnn.data import atomic_write
 from gcnn.data.cache import torch_save
 from gcnn.errors import GcnnError, writing
+from gcnn.signals import deferred as signals_deferred
 
 from . import weights
 from .dictionary import dictionary_text, fairseq_symbols
