@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The figures docs/performance.md keeps per CPU kind, measured on the machine at hand (about
+# 20 minutes; run it alone on a quiet machine, from a clean tree):
+#   bash benchmarks/cpu_kind_check.sh            # everything
+#   bash benchmarks/cpu_kind_check.sh --no-default   # without the 9-minute default run
+# Writes experiments/records/perf/<cpu kind>/: lscpu.txt, the per-op profiles of the training
+# step against the plain port (both precisions, gcnn-small's and gcnn-8's shapes), the step's
+# speed and MFU (bench_train_step), the precision chooser quiet / busy / poisoned
+# (precision_check), and the default run (`python train.py`) with its test perplexity.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kind=$(python -c "
+import re
+from gcnn.machine import cpu_flags, cpu_model
+amx = ' amx' if any(f.startswith('amx') for f in cpu_flags()) else ''
+print(re.sub('[^a-z0-9]+', '-', (cpu_model() + amx).lower()).strip('-'))")
+out="experiments/records/perf/$kind"
+mkdir -p "$out"
+echo "records in $out"
+{ date -u +%FT%TZ; git describe --always --dirty; lscpu; } > "$out/lscpu.txt"
+for shape in gcnn-small gcnn-8; do
+  python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json" \
+    2>&1 | grep -v '^USDT' | tee "$out/profile-$shape.txt"
+done
+python benchmarks/bench_train_step.py 2>&1 | tee "$out/bench_train_step.txt"
+python benchmarks/precision_check.py --json "$out/precision_check.json" 2>&1 \
+  | tee "$out/precision_check.txt"
+if [[ "${1:-}" != "--no-default" ]]; then
+  run="runs/cpu-kind-default-$(date -u +%Y%m%dT%H%M%S)"
+  { /usr/bin/time -v python train.py --no-progress --out "$run"; } 2>&1 \
+    | grep -v '^\s*\(Average\|Exit status\|Socket\|Signals\|Swaps\|File system\|Page size\|Major\|Minor\|Voluntary\|Involuntary\|Percent\|System time\|User time\|Average\)' \
+    | tee "$out/default-train.txt"
+  cp "$run/metrics.jsonl" "$out/default-metrics.jsonl"
+  cp "$run/config.toml" "$out/default-config.toml"
+  python evaluate.py perplexity "$run/checkpoint_best.pt" --split test --json \
+    | tee "$out/default-test.json"
+fi
