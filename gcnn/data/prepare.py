@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from gcnn.data.tokenizer import (
     tokenizer_from_state,
 )
 from gcnn.errors import GcnnError, plain_cause
+from gcnn.signals import STOP_SIGNALS, Stopped
 
 DEFAULT_SP_VOCAB = 8000
 PARALLEL_BYTES = 64 << 20  # files at least this big are scanned by two processes
@@ -136,6 +138,11 @@ def _scan(path: Path, start: int = 0, end: int | None = None, progress=None):
     return list(first), parts, lines
 
 
+def _default_signals() -> None:
+    for sig in STOP_SIGNALS:  # in a scanning worker, for its whole life
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np.ndarray, dict]:
     """Ids of a whole split in `vocab`'s numbering (words are added to `vocab` as met).
 
@@ -154,10 +161,20 @@ def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np
         if len(ranges) == 1:
             results = [_scan(path, progress=bar)]
         else:
-            # fork: the worker needs no torch, only this module's pure Python/numpy code.
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            # fork: the worker needs no torch, only this module's pure Python/numpy code. It
+            # takes signals with their default action; a signal that stops this process (or
+            # any error) ends it too, rather than waiting for its half of the file.
+            context = multiprocessing.get_context("fork")
+            pool = ProcessPoolExecutor(1, mp_context=context, initializer=_default_signals)
+            try:
                 later = [pool.submit(_scan, path, a, b) for a, b in ranges[1:]]
                 results = [_scan(path, *ranges[0], progress=bar)] + [f.result() for f in later]
+            except BaseException:
+                for worker in list((getattr(pool, "_processes", None) or {}).values()):
+                    worker.terminate()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         if bar is not None:
             bar.close()
@@ -307,8 +324,12 @@ def prepare_corpus(
     )
     # One builder at a time per entry: data-parallel ranks that all call prepare_corpus wait
     # for the first one's cache instead of each tokenizing the corpus again.
-    with entry.lock():
-        return _from_cache(entry, plan) or _build(entry, plan)
+    try:
+        with entry.lock():
+            return _from_cache(entry, plan) or _build(entry, plan)
+    except Stopped as stop:  # the cache is built in a temporary directory, removed on the way
+        stop.kept = stop.kept or f"the token cache of {directory} was not written (nothing left)"
+        raise
 
 
 @dataclass

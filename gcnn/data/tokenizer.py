@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from gcnn import signals
 from gcnn.errors import GcnnError
 
 EOS = "<eos>"
@@ -168,7 +169,9 @@ class SentencePieceTokenizer:
             raise GcnnError(f"--vocab-size must be at least 8 (got {vocab_size})")
         buffer = io.BytesIO()
         try:
-            with open(os.devnull, "w") as quiet:
+            # Training runs in C++ for minutes on a big corpus, where a Python signal handler
+            # would wait for it to return; nothing is on disk yet: a signal ends it at once.
+            with open(os.devnull, "w") as quiet, signals.default_action():
                 # sentencepiece silences its log by redirecting file descriptor 2, which a
                 # replaced sys.stderr (pytest's capsys, notebooks) does not have: then rely on
                 # minloglevel alone.
