@@ -92,8 +92,8 @@ def _read_split(
     parts, lines, words = [], 0, 0
     bar = _progress_bar(progress, path, split)
     try:
-        for text in read_chunks(path, progress=bar):
-            lines += text.count("\n") + (0 if text.endswith("\n") else 1)
+        for text in read_chunks(path, progress=bar, cut_long_lines=word_level):
+            lines += text.count("\n")  # every line's end is in a chunk, the last one's too
             ids = encode(text)
             parts.append(ids)
             words += len(ids) if word_level else len(split_words(text))
@@ -131,8 +131,8 @@ def _scan(path: Path, start: int = 0, end: int | None = None, progress=None):
     stream twice over (memory, not time, is what a 100M-token corpus runs short of).
     """
     first, parts, lines = _FirstSeen(), [], 0
-    for text in read_chunks(path, progress=progress, start=start, end=end):
-        lines += text.count("\n") + (0 if text.endswith("\n") else 1)
+    for text in read_chunks(path, progress=progress, start=start, end=end, cut_long_lines=True):
+        lines += text.count("\n")  # a long line comes in pieces cut at spaces (bounded memory)
         words = split_words(text)
         parts.append(np.fromiter(map(first.__getitem__, words), dtype=np.int32, count=len(words)))
     return list(first), parts, lines

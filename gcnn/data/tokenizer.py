@@ -34,8 +34,10 @@ def split_words(text: str) -> list[str]:
     """All words of a chunk of text, with EOS after every line (including blank ones).
 
     Replacing each line break by a spaced EOS lets one C-level str.split() do all the work.
+    A chunk as gcnn.data.corpus.read_chunks yields it ends with a line break, or with a space
+    or tab where it cut a long line (the line goes on in the next chunk: no EOS yet).
     """
-    if text and not text.endswith("\n"):
+    if text and not text.endswith(("\n", " ", "\t")):
         text += "\n"  # a last line without a line break is still a line
     return text.replace("\n", f" {EOS} ").split()
 
