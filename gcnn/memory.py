@@ -22,10 +22,10 @@ GB = 1e9
 @dataclass(frozen=True)
 class MemoryLimit:
     bytes: int
-    source: str  # what sets it, in words: "physical memory", "the address-space limit (ulimit -v)"
+    phrase: str  # the limit in words, "{}" for the amount: "the {} of physical memory here"
 
     def describe(self) -> str:
-        return f"{gb(self.bytes)} ({self.source})"
+        return self.phrase.format(gb(self.bytes))
 
 
 def gb(n: float) -> str:
@@ -76,14 +76,14 @@ def memory_limit() -> MemoryLimit:
     found = [
         (value, source)
         for value, source in (
-            (_physical(), "physical memory"),
-            (_cgroup(), "the control group's memory limit"),
-            (_address_space(), "what the address-space limit (ulimit -v) leaves"),
+            (_physical(), "the {} of physical memory here"),
+            (_cgroup(), "the {} its control group allows"),
+            (_address_space(), "the {} the address-space limit (ulimit -v) leaves"),
         )
         if value is not None
     ]
     if not found:
-        return MemoryLimit(1 << 62, "no known limit")
+        return MemoryLimit(1 << 62, "any known limit ({})")
     value, source = min(found)
     return MemoryLimit(int(value), source)
 
@@ -96,16 +96,15 @@ def device_memory(device) -> MemoryLimit:
     if device.type == "cuda" and torch.cuda.is_available():
         index = device.index if device.index is not None else torch.cuda.current_device()
         total = torch.cuda.get_device_properties(index).total_memory
-        return MemoryLimit(int(total), f"the memory of {device}")
+        return MemoryLimit(int(total), f"the {{}} of {device}")
     return memory_limit()
 
 
 def require_memory(needed: float, what: str, hint: str, device="cpu") -> None:
     """GcnnError when `what` needs more than the device can hold: `needed` bytes, a lower bound.
 
-    The message: "<what> needs at least N GB, more than the M GB here (<source>); <hint>"."""
+    The message: "<what> needs at least N GB, more than the M GB of physical memory here;
+    <hint>"."""
     limit = device_memory(device)
     if needed > limit.bytes:
-        raise GcnnError(
-            f"{what} needs at least {gb(needed)}, more than the {limit.describe()} here; {hint}"
-        )
+        raise GcnnError(f"{what} needs at least {gb(needed)}, more than {limit.describe()}; {hint}")

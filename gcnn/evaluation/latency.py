@@ -194,6 +194,7 @@ def run_latency(
     with strict_fp32(config.device):
         for spec in specs:
             name, model = load_for_latency(spec, vocab_size)
+            check_call_memory(name, model, config, plot_lengths)
             params, vocab = model.num_parameters(), vocab_size_of(model)
             size = f"{params / 1e6:.1f}M parameters, vocabulary {vocab:,}"
             if config.precision == "auto":
@@ -202,7 +203,6 @@ def run_latency(
                 dtype = inference_dtype(model, config.precision, config.device)
                 model = prepare_for_inference(model, dtype, config.device)
             log(f"{name}: {size}, {DTYPE_NAMES[next(model.parameters()).dtype]}")
-            check_call_memory(name, model, config, plot_lengths)
             models.append((name, model))
         return measure(models, config, plot_lengths, log)
 

@@ -51,7 +51,8 @@ def rough_parameters(cfg: GCNNConfig | LSTMConfig) -> int:
                 width = channels
         out = width
     d = cfg.softmax_dim or out
-    return v * e + body + d * v
+    first_tail = d * (d // cfg.tail_factor) if cfg.cutoffs else 0
+    return v * e + body + d * v + first_tail
 
 
 def check_structure(cfg: GCNNConfig | LSTMConfig) -> None:
@@ -66,8 +67,8 @@ def check_structure(cfg: GCNNConfig | LSTMConfig) -> None:
     if rough > MAX_PARAMETERS:
         raise GcnnError(
             f"model config: about {rough:.2g} parameters ({gb(4 * rough)} in fp32), more than any "
-            f"machine holds (vocab_size {cfg.vocab_size:,}, embed_dim {cfg.embed_dim:,}); lower "
-            "the sizes of its options"
+            "machine holds; lower its sizes (vocab_size, embed_dim, channels, kernel, "
+            "softmax_dim, hidden_size)"
         )
 
 
@@ -98,12 +99,12 @@ def largest_tensor(model: nn.Module) -> str:
     return f"{name} {' x '.join(f'{n:,}' for n in t.shape)}"
 
 
-def check_fits(meta: nn.Module, device="cpu") -> None:
-    """Refuse a model whose parameters alone cannot fit in memory."""
-    need = parameter_bytes(meta)
+def check_fits(meta: nn.Module, device="cpu", copies: int = 1, what: str = "the model") -> None:
+    """Refuse a model whose parameters alone cannot fit in memory (`copies` of them: training
+    adds gradients and optimizer state)."""
     require_memory(
-        need,
-        f"the model ({sum(p.numel() for p in meta.parameters()):,} parameters; the largest "
+        copies * parameter_bytes(meta),
+        f"{what} ({sum(p.numel() for p in meta.parameters()):,} parameters; the largest "
         f"tensor is {largest_tensor(meta)})",
         "lower its sizes (vocab_size, embed_dim, channels, kernel, softmax_dim)",
         device,
@@ -117,7 +118,10 @@ def check_weights(config: dict, state: dict, where: str) -> None:
 
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise GcnnError(f"{where}: its model config or weights are not dicts; it is corrupt")
-    meta = meta_model(make_config(dict(config)))
+    try:
+        meta = meta_model(make_config(dict(config)))
+    except GcnnError as err:
+        raise GcnnError(f"{where}: {err}") from None
     want = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     for key in sorted(want.keys() | have.keys()):

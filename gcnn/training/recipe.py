@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gcnn.errors import GcnnError
 from gcnn.memory import require_memory
-from gcnn.models.bounds import batch_bytes, parameter_bytes
+from gcnn.models.bounds import batch_bytes, check_fits, parameter_bytes
 from gcnn.training.config import DATASETS, TrainConfig
 from gcnn.training.feed import rows_per_micro_batch
 
@@ -100,13 +100,15 @@ def check_sizes(config: TrainConfig, model, train_tokens: int, world_size: int, 
                 f"tokens of the training split of {c.data}; choose at most {train_tokens:,}"
             )
     rows = rows_per_micro_batch(c, world_size)
-    fed, scored = rows * (c.context + c.block_size), rows * c.block_size
     slots = 2 if c.optimizer == "adamw" else 1  # AdamW's two moments, NAG's momentum
-    need = (2 + slots) * parameter_bytes(model) + batch_bytes(model, fed, scored, training=True)
+    # weights, gradients and optimizer state; then the activations of one micro-batch too
+    state = (2 + slots) * parameter_bytes(model)
+    check_fits(model, device, 2 + slots, f"training {c.model} with {c.optimizer}")
+    fed, scored = rows * (c.context + c.block_size), rows * c.block_size
     require_memory(
-        need,
-        f"training {c.model} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
-        f"micro-batches of {rows:,} x {c.context + c.block_size:,} tokens",
-        "lower --block-size or --tokens-per-batch, raise --grad-accum, or choose a smaller model",
+        state + batch_bytes(model, fed, scored, training=True),
+        f"training {c.model} on micro-batches of {rows:,} x {c.context + c.block_size:,} tokens "
+        f"({c.context:,} of context)",
+        "lower --block-size or --tokens-per-batch, or raise --grad-accum",
         device,
     )
