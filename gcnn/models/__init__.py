@@ -47,7 +47,7 @@ def model_from_config(config: dict) -> LanguageModel:
     return GatedConvLM(cfg) if cfg.family == "gcnn" else LSTMLM(cfg)
 
 
-def build_model(name: str, vocab_size: int, **overrides) -> LanguageModel:
+def build_model(name: str, vocab_size: int, /, **overrides) -> LanguageModel:
     """The preset `name` (see PRESETS) for a vocabulary of `vocab_size`, with options overridden."""
     if name not in PRESETS:
         raise GcnnError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
