@@ -23,9 +23,10 @@ import threading
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Stopped(BaseException):
-    """A stop signal arrived outside the training loop. A BaseException, like KeyboardInterrupt,
-    so that `except Exception` does not swallow it; `kept` says what was kept (set on the way
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived outside the training loop. A KeyboardInterrupt (what Python's own
+    SIGINT handler raises), so `except Exception` does not swallow it and code that already
+    stops cleanly on Ctrl-C does so on SIGTERM too; `kept` says what was kept (set on the way
     out by whoever knows)."""
 
     def __init__(self, signum: int, kept: str = ""):

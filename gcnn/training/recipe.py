@@ -112,3 +112,20 @@ def check_sizes(config: TrainConfig, model, train_tokens: int, world_size: int, 
         "lower --block-size or --tokens-per-batch, or raise --grad-accum",
         device,
     )
+
+
+def build_checked_model(config: TrainConfig, vocab_size: int, train_tokens: int, world_size: int,
+                        device):  # fmt: skip
+    """(model, config resolved for it): built on the meta device first (shapes, no storage) for
+    `check_sizes`, then for real from the seed."""
+    import torch
+
+    from gcnn.models import build_model
+
+    overrides = model_overrides(config)
+    with torch.device("meta"):
+        meta = build_model(config.model, vocab_size, **overrides)
+    config = resolve(config, meta)
+    check_sizes(config, meta, train_tokens, world_size, device)
+    torch.manual_seed(config.seed)
+    return build_model(config.model, vocab_size, **overrides), config

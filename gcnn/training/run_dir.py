@@ -68,6 +68,19 @@ class RunDir:
             self.release()
             raise
 
+    def claim_on_rank(self, env: Dist) -> GcnnError | None:
+        """`claim` on rank 0. With several processes its refusal is returned, for `agree` to
+        stop every rank once the process group exists; one process raises it at once."""
+        if not env.is_main:
+            return None
+        try:
+            self.claim()
+        except GcnnError as err:
+            if not env.enabled:
+                raise
+            return err
+        return None
+
     def release(self) -> None:
         """Let go of the directory; if the run wrote nothing into it, leave it as it was found
         (the lock file removed if this run made it, the directory if this run created it)."""

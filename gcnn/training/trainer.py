@@ -36,14 +36,12 @@ from gcnn.training.distributed import (
 )
 from gcnn.training.feed import rows_per_micro_batch, split_feed
 from gcnn.training.optim import LRSchedule, make_optimizer
-from gcnn.training.recipe import check_sizes, model_overrides, resolve, update_horizon
+from gcnn.training.recipe import build_checked_model, resolve, update_horizon
 from gcnn.training.reporting import Interval, Reporter, describe, require_tensorboard
 from gcnn.training.resume import check_same_run, corpus_identity
 from gcnn.training.run_dir import RunDir
 from gcnn.training.state import Progress, checkpoint_bytes, ppl, restore, training_checkpoint
-
-# Validation batches between two checks, agreed by all ranks, for a signal (several processes).
-VALID_STOP_EVERY = 8
+from gcnn.training.validation import stop_agreed, validation_loss
 
 
 class LossModule(nn.Module):
@@ -89,16 +87,8 @@ class Trainer:
             raise GcnnError("--compile needs torch >= 2.0")
 
         # The run directory's one writer is rank 0, from now until the run ends (a second
-        # train.py on it is refused here). With several processes the others hear of a refusal
-        # once the process group exists.
-        claim_error = None
-        if env_dist().is_main:
-            try:
-                self.run.claim()
-            except GcnnError as err:
-                if not env_dist().enabled:
-                    raise
-                claim_error = err
+        # train.py on it is refused here); other ranks hear of a refusal once the group exists.
+        claim_error = self.run.claim_on_rank(env_dist())
 
         # Data first, on every rank, before any process group exists: downloading or tokenizing
         # can take longer than a collective's timeout, so no rank may wait in a barrier
@@ -124,17 +114,10 @@ class Trainer:
         train_tokens = self.corpus.splits["train"]
         self.corpus_id = corpus_identity(train_tokens)
 
-        # Model: its sizes are checked on the meta device (shapes, no storage), then every rank
-        # builds the same initial weights from the seed.
-        from gcnn.models import build_model
-
-        vocab, overrides = self.tokenizer.vocab_size, model_overrides(config)
-        with torch.device("meta"):
-            meta = build_model(config.model, vocab, **overrides)
-        config = resolve(config, meta)
-        check_sizes(config, meta, len(train_tokens), self.dist.world_size, self.device)
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model, vocab, **overrides)
+        # Model: its sizes checked on the meta device first; every rank builds the same weights.
+        self.model, config = build_checked_model(
+            config, self.tokenizer.vocab_size, len(train_tokens), self.dist.world_size, self.device
+        )
         self.config = config
         self.run.check_owner(
             resume_ckpt, self.model.config_dict(), self.tokenizer.fingerprint(), config.data
@@ -410,38 +393,15 @@ class Trainer:
             self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
         )
 
-    @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean NLL per target over the whole validation split (all ranks together); None when
-        a signal stopped it (checked between batches: within seconds, not after the pass)."""
-        self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # NLL, targets
-        state = None
-        if self.model.is_recurrent:
-            state = self.model.init_state(self.rows, self.device)
-        for index in range(len(self.valid_feed)):
-            if self.stop_agreed(index):
-                self.model.train()
-                return None
-            batch = self.valid_feed.batch(0, index).to(self.device)
-            with self.autocast():
-                loss_sum, n, state = self.model.loss(batch.inputs, batch.targets, state, batch.plan)
-            sums += torch.stack([loss_sum.double(), n.double()])  # no host sync per batch
-        self.model.train()
-        total, count = self.dist.all_sum(sums, self.device)  # the one host sync
-        return total / max(count, 1.0)
+        """Mean NLL per target over the validation split; None when a signal stopped it."""
+        args = (self.model, self.valid_feed, self.rows, self.dist, self.device, self.autocast)
+        return validation_loss(*args, stop=self.stop_agreed)
 
     def stop_agreed(self, index: int) -> bool:
-        """Whether a signal asks every rank to stop before validation batch `index`. One process
-        reads its flag; several agree every VALID_STOP_EVERY batches (a collective, so not at
-        every batch: it would be a host sync per batch on a GPU)."""
+        """Whether all ranks stop before validation batch `index` (see gcnn.training.validation)."""
         requested = self.stopper is not None and self.stopper.requested
-        if not self.dist.enabled:
-            return requested
-        if index % VALID_STOP_EVERY or index == 0:
-            return False
-        (votes,) = self.dist.all_sum([float(requested)], self.device)
-        return votes > 0
+        return stop_agreed(requested, self.dist, self.device, index)
 
     def save(self, best: bool = False) -> None:
         """checkpoint_last.pt (and checkpoint_best.pt) of the state now; a collective."""
