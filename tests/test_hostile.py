@@ -592,6 +592,40 @@ def test_sigterm_during_prepare_removes_the_half_built_cache(corpus, tmp_path):
     assert leftovers(cache) == [] and [p for p in cache.iterdir() if "lock" not in p.name] == []
 
 
+def test_sigterm_during_a_two_process_scan_ends_both(corpus, tmp_path):
+    """A big file is scanned by this process and a forked worker: a signal ends both at once
+    (the worker is not waited for), with the same one line."""
+    marker, cache = tmp_path / "scanning", tmp_path / "cache"
+    setup = f"""
+        import pathlib, sys, time
+        import gcnn.data.prepare as prepare
+        prepare.PARALLEL_BYTES = 1  # every file in two halves
+        real = prepare._scan
+        def slow_scan(*a, **kw):
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(120)  # a half of WikiText-103 takes a while
+            return real(*a, **kw)
+        prepare._scan = slow_scan
+    """
+    then = f"""
+        from gcnn.data.__main__ import main
+        from gcnn.errors import run_cli
+        sys.exit(run_cli(lambda: main(["prepare", {str(corpus)!r}, "--cache-dir", {str(cache)!r}])))
+    """
+    proc = start(injected(setup, then))
+    try:
+        wait_for(marker.exists, proc)
+        wait_for(lambda: Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text(), proc)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        proc.send_signal(signal.SIGTERM)
+        result = finish(proc, 60)
+    finally:
+        proc.kill()
+    assert result.status == 143
+    assert result.one_line(start="stopped by SIGTERM; ").startswith("the token cache of ")
+    assert children and not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+
 def test_sigterm_during_sampling_stops_at_once(checkpoint, tmp_path):
     marker = tmp_path / "sampling"
     setup = f"""

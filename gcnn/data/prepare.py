@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +137,44 @@ def _scan(path: Path, start: int = 0, end: int | None = None, progress=None):
     return list(first), parts, lines
 
 
-def _default_signals() -> None:
-    for sig in STOP_SIGNALS:  # in a scanning worker, for its whole life
+def _scan_in_worker(conn, path: Path, start: int, end: int) -> None:
+    """`_scan` of a byte range in a forked process; the result (or the error) goes back
+    through `conn`. Signals take their default action here: the parent decides what stops."""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+    try:
+        conn.send((True, _scan(path, start, end)))
+    except Exception as err:  # a GcnnError (bad UTF-8 in this half, say) crosses as it is
+        conn.send((False, err))
+    finally:
+        conn.close()
+
+
+def _scan_halves(path: Path, ranges, bar) -> list:
+    """The first range scanned here, the second by a forked worker at the same time. A signal
+    or an error here ends the worker at once (no waiting for its half of the file)."""
+    context = multiprocessing.get_context("fork")  # the worker needs no torch, only numpy
+    receive, send = context.Pipe(duplex=False)
+    worker = context.Process(target=_scan_in_worker, args=(send, path, *ranges[1]), daemon=True)
+    worker.start()
+    send.close()
+    try:
+        first = _scan(path, *ranges[0], progress=bar)
+        try:
+            ok, second = receive.recv()
+        except EOFError:
+            raise GcnnError(
+                f"the process scanning the second half of {path} ended without a result "
+                f"(exit status {worker.exitcode}); out of memory? try again"
+            ) from None
+        if not ok:
+            raise second
+        return [first, second]
+    finally:
+        if worker.is_alive():
+            worker.terminate()
+        worker.join()
+        receive.close()
 
 
 def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np.ndarray, dict]:
@@ -161,20 +195,7 @@ def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np
         if len(ranges) == 1:
             results = [_scan(path, progress=bar)]
         else:
-            # fork: the worker needs no torch, only this module's pure Python/numpy code. It
-            # takes signals with their default action; a signal that stops this process (or
-            # any error) ends it too, rather than waiting for its half of the file.
-            context = multiprocessing.get_context("fork")
-            pool = ProcessPoolExecutor(1, mp_context=context, initializer=_default_signals)
-            try:
-                later = [pool.submit(_scan, path, a, b) for a, b in ranges[1:]]
-                results = [_scan(path, *ranges[0], progress=bar)] + [f.result() for f in later]
-            except BaseException:
-                for worker in list((getattr(pool, "_processes", None) or {}).values()):
-                    worker.terminate()
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            results = _scan_halves(path, ranges, bar)
     finally:
         if bar is not None:
             bar.close()
