@@ -113,8 +113,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", inference: 
     # Imported here so that `gcnn.checkpoint` stays importable while only reading files.
     from gcnn.data import tokenizer_from_state
     from gcnn.models import model_from_config
+    from gcnn.models.bounds import check_weights
 
     ckpt = load_checkpoint(path)
+    # The config is checked against the tensors on the meta device first: a small file whose
+    # config claims a huge vocabulary must not cost gigabytes before it is refused.
+    check_weights(ckpt["model_config"], ckpt["model"], f"checkpoint {path}")
     try:
         model = model_from_config(ckpt["model_config"])
         model.load_state_dict(ckpt["model"])

@@ -14,7 +14,8 @@ Exit statuses of every gcnn command:
          (EX_TEMPFAIL of sysexits.h: "try again later")
     141  the reader of the output went away (``| head``): stopped quietly, like a Unix tool
          killed by SIGPIPE (128 + 13)
-    128 + N  training stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM)
+    128 + N  stopped by signal N (130 Ctrl-C, 143 SIGTERM): training after saving, anything
+         else at once with its temporary files removed; one line says what was kept
 """
 
 from __future__ import annotations
@@ -100,13 +101,19 @@ def writing(path: str | os.PathLike, what: str = "file", hint: str | None = None
 
 def run_cli(main: Callable[[], int | None]) -> int:
     """Run a command-line `main`: GcnnError, Ctrl-C and a closed pipe end in one line at most."""
+    from gcnn import signals
+
     try:
-        code = int(main() or 0)
-        # Flush here: a reader that went away must show up inside this try, not in the
-        # interpreter's own flush at exit (which prints "Exception ignored ... BrokenPipeError").
-        if sys.stdout is not None:
-            sys.stdout.flush()
+        with signals.raising():
+            code = int(main() or 0)
+            # Flush here: a reader that went away must show up inside this try, not in the
+            # interpreter's own flush at exit ("Exception ignored ... BrokenPipeError").
+            if sys.stdout is not None:
+                sys.stdout.flush()
         return code
+    except signals.Stopped as stop:
+        _say(f"stopped by {stop.name}" + (f"; {stop.kept}" if stop.kept else ""))
+        return 128 + stop.signum
     except GcnnError as err:
         _say(f"error: {' '.join(str(err).split())}")
         return err.exit_code

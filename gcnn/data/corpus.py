@@ -88,48 +88,84 @@ def read_chunks(
     progress=None,
     start: int = 0,
     end: int | None = None,
+    cut_long_lines: bool = False,
 ):
-    """Yield the file's text in chunks that each end at a line break (the last one may not).
+    """Yield the file's text in chunks that each end at a line break (see `stream_chunks`).
 
     Concatenating the chunks gives the whole file (or, for a plain file, the bytes
-    [start, end), which should begin at a line start), decoded as strict UTF-8. `progress` (a
-    tqdm bar or None) is advanced by decompressed bytes. Errors name the file and what to do:
-    bytes that are not UTF-8 (with the line and byte offset), a truncated or corrupt archive.
+    [start, end), which should begin at a line start), decoded as strict UTF-8, with a line
+    break added after a last line that lacks one. `progress` (a tqdm bar or None) is advanced by
+    decompressed bytes. Errors name the file and what to do: bytes that are not UTF-8 (with the
+    line and byte offset), a truncated or corrupt archive.
     """
     path = Path(path)
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
-    offset, rest = start, b""
-    lines = 0 if start == 0 else None  # line numbers are only known when reading from the top
-    remaining = float("inf") if end is None else end - start
     try:
         with open_binary(path) as f:
             if start:
                 f.seek(start)
-            while True:
-                block = f.read(int(min(chunk_bytes, remaining)))
-                remaining -= len(block)
-                if progress is not None:
-                    progress.update(len(block))
-                if not block:
-                    break
-                block = rest + block
-                cut = block.rfind(b"\n") + 1
-                if cut == 0:  # a line longer than the chunk: keep reading
-                    rest = block
-                    continue
-                rest = block[cut:]
-                yield _decode(block[:cut], path, offset, lines)
-                offset += cut
-                if lines is not None:
-                    lines += block.count(b"\n", 0, cut)
-            if rest:
-                yield _decode(rest, path, offset, lines)
+            yield from stream_chunks(f, path, chunk_bytes, progress, start, end, cut_long_lines)
     except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error, OSError) as err:
         if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile) and err.errno:
             raise GcnnError(f"cannot read {path}: {err.strerror}") from None
         raise GcnnError(
             f"{path} is truncated or corrupt ({err}); download or decompress it again"
         ) from None
+
+
+def stream_chunks(
+    f,
+    name: str | os.PathLike,
+    chunk_bytes: int | None = None,
+    progress=None,
+    start: int = 0,
+    end: int | None = None,
+    cut_long_lines: bool = False,
+):
+    """The text of a binary stream `f` (a file, standard input) in chunks ending at line breaks.
+
+    A line longer than a chunk is gathered piece by piece (joined once, not copied again at
+    every read). With `cut_long_lines` it is not gathered at all: it is yielded in chunks cut
+    after a space or tab, so memory stays bounded by the chunk size whatever the line's length;
+    such a chunk ends without a line break (the line goes on in the next one). That keeps the
+    words of whitespace tokenization (gcnn.data.tokenizer.split_words), not those of a subword
+    model, so only word-level readers ask for it. `name` is for error messages.
+    """
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    offset, pending, size = start, [], 0  # pending: the unfinished line's pieces (bytes)
+    lines = 0 if start == 0 else None  # line numbers are only known when reading from the top
+    remaining = float("inf") if end is None else end - start
+
+    def emit(data: bytes) -> str:
+        nonlocal offset, lines
+        text = _decode(data, name, offset, lines)
+        offset += len(data)
+        if lines is not None:
+            lines += data.count(b"\n")
+        return text
+
+    while True:
+        block = f.read(int(min(chunk_bytes, remaining)))
+        remaining -= len(block)
+        if progress is not None:
+            progress.update(len(block))
+        if not block:
+            break
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:  # no line ends here
+            pending.append(block)
+            size += len(block)
+            if cut_long_lines and size >= chunk_bytes:
+                data = b"".join(pending)
+                space = max(data.rfind(b" "), data.rfind(b"\t")) + 1
+                if space > 0:  # a word longer than a chunk stays whole
+                    pending, size = [data[space:]], len(data) - space
+                    yield emit(data[:space])
+            continue
+        yield emit(b"".join([*pending, block[:cut]]))
+        pending, size = [block[cut:]], len(block) - cut
+    rest = b"".join(pending)
+    if rest:
+        yield emit(rest) + "\n"  # a last line without a line break is still a line
 
 
 def line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
@@ -145,7 +181,7 @@ def line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
-def _decode(data: bytes, path: Path, offset: int, lines_before: int | None) -> str:
+def _decode(data: bytes, path, offset: int, lines_before: int | None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -155,13 +191,25 @@ def _decode(data: bytes, path: Path, offset: int, lines_before: int | None) -> s
             where = f"line {line}, {where}"
         bad = data[err.start : err.start + 4]
         raise GcnnError(
-            f"{path} is not UTF-8 ({where}: {bad!r}); re-encode the file as UTF-8, e.g. with iconv"
+            f"{path} is not UTF-8 ({where}: {bad!r}); re-encode the text as UTF-8, e.g. with iconv"
         ) from None
 
 
 def iter_lines(path: str | os.PathLike) -> Iterator[str]:
     """The file's lines without their line breaks (for sentencepiece and small inputs)."""
-    for chunk in read_chunks(path):
+    yield from _lines(read_chunks(path))
+
+
+def iter_stream_lines(f, name: str) -> Iterator[str]:
+    """The lines of a binary stream (standard input), read and decoded as a file's are."""
+    try:
+        yield from _lines(stream_chunks(f, name))
+    except OSError as err:
+        raise GcnnError(f"cannot read {name}: {err.strerror or err}") from None
+
+
+def _lines(chunks) -> Iterator[str]:
+    for chunk in chunks:
         lines = chunk.split("\n")
         if lines[-1] == "":
             lines.pop()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from gcnn.data.tokenizer import (
     tokenizer_from_state,
 )
 from gcnn.errors import GcnnError, plain_cause
+from gcnn.signals import STOP_SIGNALS, Stopped
 
 DEFAULT_SP_VOCAB = 8000
 PARALLEL_BYTES = 64 << 20  # files at least this big are scanned by two processes
@@ -90,8 +91,8 @@ def _read_split(
     parts, lines, words = [], 0, 0
     bar = _progress_bar(progress, path, split)
     try:
-        for text in read_chunks(path, progress=bar):
-            lines += text.count("\n") + (0 if text.endswith("\n") else 1)
+        for text in read_chunks(path, progress=bar, cut_long_lines=word_level):
+            lines += text.count("\n")  # every line's end is in a chunk, the last one's too
             ids = encode(text)
             parts.append(ids)
             words += len(ids) if word_level else len(split_words(text))
@@ -129,11 +130,51 @@ def _scan(path: Path, start: int = 0, end: int | None = None, progress=None):
     stream twice over (memory, not time, is what a 100M-token corpus runs short of).
     """
     first, parts, lines = _FirstSeen(), [], 0
-    for text in read_chunks(path, progress=progress, start=start, end=end):
-        lines += text.count("\n") + (0 if text.endswith("\n") else 1)
+    for text in read_chunks(path, progress=progress, start=start, end=end, cut_long_lines=True):
+        lines += text.count("\n")  # a long line comes in pieces cut at spaces (bounded memory)
         words = split_words(text)
         parts.append(np.fromiter(map(first.__getitem__, words), dtype=np.int32, count=len(words)))
     return list(first), parts, lines
+
+
+def _scan_in_worker(conn, path: Path, start: int, end: int) -> None:
+    """`_scan` of a byte range in a forked process; the result (or the error) goes back
+    through `conn`. Signals take their default action here: the parent decides what stops."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        conn.send((True, _scan(path, start, end)))
+    except Exception as err:  # a GcnnError (bad UTF-8 in this half, say) crosses as it is
+        conn.send((False, err))
+    finally:
+        conn.close()
+
+
+def _scan_halves(path: Path, ranges, bar) -> list:
+    """The first range scanned here, the second by a forked worker at the same time. A signal
+    or an error here ends the worker at once (no waiting for its half of the file)."""
+    context = multiprocessing.get_context("fork")  # the worker needs no torch, only numpy
+    receive, send = context.Pipe(duplex=False)
+    worker = context.Process(target=_scan_in_worker, args=(send, path, *ranges[1]), daemon=True)
+    worker.start()
+    send.close()
+    try:
+        first = _scan(path, *ranges[0], progress=bar)
+        try:
+            ok, second = receive.recv()
+        except EOFError:
+            raise GcnnError(
+                f"the process scanning the second half of {path} ended without a result "
+                f"(exit status {worker.exitcode}); out of memory? try again"
+            ) from None
+        if not ok:
+            raise second
+        return [first, second]
+    finally:
+        if worker.is_alive():
+            worker.terminate()
+        worker.join()
+        receive.close()
 
 
 def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np.ndarray, dict]:
@@ -154,10 +195,7 @@ def _scan_split(path: Path, split: str, progress: bool, vocab: dict) -> tuple[np
         if len(ranges) == 1:
             results = [_scan(path, progress=bar)]
         else:
-            # fork: the worker needs no torch, only this module's pure Python/numpy code.
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-                later = [pool.submit(_scan, path, a, b) for a, b in ranges[1:]]
-                results = [_scan(path, *ranges[0], progress=bar)] + [f.result() for f in later]
+            results = _scan_halves(path, ranges, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -307,8 +345,12 @@ def prepare_corpus(
     )
     # One builder at a time per entry: data-parallel ranks that all call prepare_corpus wait
     # for the first one's cache instead of each tokenizing the corpus again.
-    with entry.lock():
-        return _from_cache(entry, plan) or _build(entry, plan)
+    try:
+        with entry.lock():
+            return _from_cache(entry, plan) or _build(entry, plan)
+    except Stopped as stop:  # the cache is built in a temporary directory, removed on the way
+        stop.kept = stop.kept or f"the token cache of {directory} was not written (nothing left)"
+        raise
 
 
 @dataclass

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from gcnn import signals
 from gcnn.errors import GcnnError
 
 EOS = "<eos>"
@@ -33,8 +34,10 @@ def split_words(text: str) -> list[str]:
     """All words of a chunk of text, with EOS after every line (including blank ones).
 
     Replacing each line break by a spaced EOS lets one C-level str.split() do all the work.
+    A chunk as gcnn.data.corpus.read_chunks yields it ends with a line break, or with a space
+    or tab where it cut a long line (the line goes on in the next chunk: no EOS yet).
     """
-    if text and not text.endswith("\n"):
+    if text and not text.endswith(("\n", " ", "\t")):
         text += "\n"  # a last line without a line break is still a line
     return text.replace("\n", f" {EOS} ").split()
 
@@ -168,7 +171,9 @@ class SentencePieceTokenizer:
             raise GcnnError(f"--vocab-size must be at least 8 (got {vocab_size})")
         buffer = io.BytesIO()
         try:
-            with open(os.devnull, "w") as quiet:
+            # Training runs in C++ for minutes on a big corpus, where a Python signal handler
+            # would wait for it to return; nothing is on disk yet: a signal ends it at once.
+            with open(os.devnull, "w") as quiet, signals.default_action():
                 # sentencepiece silences its log by redirecting file descriptor 2, which a
                 # replaced sys.stderr (pytest's capsys, notebooks) does not have: then rely on
                 # minloglevel alone.

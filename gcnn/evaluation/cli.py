@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import warnings
@@ -148,12 +149,20 @@ def _trained_on(ckpt: dict) -> str | None:
 
 
 def _read_lines(path: str) -> list[str]:
-    if path == "-":
-        text = sys.stdin.read()
-        lines = text.splitlines()
-    else:
-        from gcnn.data.corpus import iter_lines
+    """The lines of a text file, or of standard input ("-"): the same bytes read and decoded
+    the same way (strict UTF-8 whatever the locale), with the same errors."""
+    from gcnn.data.corpus import iter_lines, iter_stream_lines
 
+    if path == "-":
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise GcnnError(
+                "standard input is closed; pipe text into it or pass a text file instead of -"
+            )
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stream put in its place (a notebook, a test)
+            stream = io.BytesIO(sys.stdin.read().encode("utf-8"))
+        lines = list(iter_stream_lines(stream, "standard input"))
+    else:
         if not Path(path).exists():
             raise GcnnError(f"input file {path} does not exist; pass a text file or - for stdin")
         if Path(path).is_dir():
@@ -360,9 +369,19 @@ def _main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def _main_reporting(argv: list[str] | None) -> int:
+    from gcnn.signals import Stopped
+
+    try:
+        return _main(argv)
+    except Stopped as stop:  # every command writes its output files atomically, at its end
+        stop.kept = stop.kept or "nothing was written"
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user mistakes become one `error:` line and exit status 2."""
-    return run_cli(lambda: _main(argv))
+    return run_cli(lambda: _main_reporting(argv))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from gcnn.evaluation.workload import (
     vocab_size_of,
 )
 from gcnn.machine import load_average
+from gcnn.memory import require_memory
+from gcnn.models.bounds import batch_bytes
 from gcnn.timing import Timing, interleaved_timings
 
 
@@ -192,6 +194,7 @@ def run_latency(
     with strict_fp32(config.device):
         for spec in specs:
             name, model = load_for_latency(spec, vocab_size)
+            check_call_memory(name, model, config, plot_lengths)
             params, vocab = model.num_parameters(), vocab_size_of(model)
             size = f"{params / 1e6:.1f}M parameters, vocabulary {vocab:,}"
             if config.precision == "auto":
@@ -202,6 +205,19 @@ def run_latency(
             log(f"{name}: {size}, {DTYPE_NAMES[next(model.parameters()).dtype]}")
             models.append((name, model))
         return measure(models, config, plot_lengths, log)
+
+
+def check_call_memory(name: str, model: nn.Module, config: LatencyConfig, lengths) -> None:
+    """Refuse sentence lengths and batch sizes whose calls cannot fit: the sentences of a pool
+    (`measure`: up to max(64, batch) of them, ids and inputs) and one call's activations."""
+    batch, length = max(config.batch_sizes), max(config.sentence_length, *lengths, 1)
+    ids = 2 * 8 * max(64, batch) * length
+    require_memory(
+        ids + batch_bytes(model, batch * length, batch * length, training=False),
+        f"timing {name} on {batch:,} sentences of {length:,} tokens",
+        "lower --sentence-length or --batch-size",
+        config.device,
+    )
 
 
 def fastest_precision(name: str, model: nn.Module, config: LatencyConfig, log) -> nn.Module:

@@ -32,7 +32,9 @@ import torch
 
 from gcnn.data import BlockBatcher, StreamBatcher
 from gcnn.errors import GcnnError
+from gcnn.memory import require_memory
 from gcnn.models.adaptive_softmax import SoftmaxPlan
+from gcnn.models.bounds import batch_bytes
 
 # More unknown words than this (fraction of the split's words) means the data does not match the
 # checkpoint's vocabulary. WikiText splits have none at all with their own vocabulary (rare words
@@ -168,6 +170,8 @@ def exact_stream(
     full = None if model.is_recurrent else max(0, int(model.receptive_field) - 1)
     if context is not None and context < 0:
         raise GcnnError(f"context {context}: must be 0 or more")
+    # A block longer than the text is the text: the result is the same, the memory is not.
+    block_size = max(1, min(block_size, len(tokens)))
     if context is not None and (full is None or context < full):
         # every row starts from a fresh state: no history beyond the row
         rows = max(1, block_size * batch_size // (context + 1))
@@ -177,6 +181,7 @@ def exact_stream(
         batches, carry = StreamBatcher(tokens, eos_id, block_size, 1), True
     else:
         batches, carry = BlockBatcher(tokens, eos_id, block_size, batch_size, context=full), False
+    check_batch_memory(model, batches, device)
     state = None
     for inputs, targets in batches.epoch(0):
         plan = model.plan(targets).to(device)
@@ -185,6 +190,18 @@ def exact_stream(
         state = new_state if carry else None
         log_probs = model.softmax.target_log_prob(hidden, targets, plan)
         yield StreamBatch(hidden, targets, log_probs, plan)
+
+
+def check_batch_memory(model, batches, device) -> None:
+    """Refuse a batch shape whose activations cannot fit (before the first batch is built)."""
+    rows = min(batches.batch_size, getattr(batches, "num_blocks", batches.batch_size))
+    width = getattr(batches, "width", batches.block_size)
+    require_memory(
+        batch_bytes(model, rows * width, rows * batches.block_size, training=False),
+        f"scoring batches of {rows:,} x {width:,} tokens",
+        "lower --block-size or --batch-size",
+        device,
+    )
 
 
 @torch.inference_mode()

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from gcnn.errors import GcnnError
+from gcnn.memory import require_memory
+
+PROMPT_CHUNK = 512  # prompt tokens fed per call
 
 
 @dataclass
@@ -78,13 +81,20 @@ def sample(
 ) -> list[int]:
     """Generate up to `config.max_tokens` ids after `prompt` (which follows a leading <eos>)."""
     config.validate()
+    # the ids generated (a Python int and a list slot each) and their text: a lower bound
+    require_memory(40 * config.max_tokens, f"--max-tokens {config.max_tokens:,}",
+                   "lower --max-tokens")  # fmt: skip
     model.eval()
     generator = torch.Generator().manual_seed(config.seed)
     history = [eos_id, *prompt]
     out: list[int] = []
     if incremental:
-        # the prompt in one call (a chunk with a state: same as feeding it token by token)
-        hidden, state = model(torch.tensor([history], device=device), model.init_state(1, device))
+        # the prompt in chunks with a state (the same as feeding it token by token): memory
+        # does not grow with the prompt's length
+        state = model.init_state(1, device)
+        for start in range(0, len(history), PROMPT_CHUNK):
+            chunk = torch.tensor([history[start : start + PROMPT_CHUNK]], device=device)
+            hidden, state = model(chunk, state)
         log_probs = model.softmax.log_prob(hidden[:, -1])
         for _ in range(config.max_tokens):
             token = choose_token(log_probs[0], config, generator)

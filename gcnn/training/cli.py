@@ -27,6 +27,7 @@ def configure(argv: list[str] | None) -> tuple[TrainConfig, dict | None]:
     continues the run as it was; a TOML file and flags still override it (e.g. --max-updates).
     """
     from gcnn.checkpoint import load_checkpoint
+    from gcnn.models.bounds import check_weights
     from gcnn.training.recipe import resolve
 
     config_file, flags = parse_flags(argv)
@@ -43,6 +44,7 @@ def configure(argv: list[str] | None) -> tuple[TrainConfig, dict | None]:
         print(f"--resume: no checkpoint in {last.parent} yet, starting a new run", flush=True)
         return config, None
     ckpt = load_checkpoint(last)  # GcnnError if corrupt: nothing is written before this
+    check_weights(ckpt["model_config"], ckpt["model"], f"checkpoint {last}")  # on meta: cheap
     try:
         base = TrainConfig.from_dict(ckpt.get("train_config", {}), source=f"{last} train_config")
     except GcnnError as err:

@@ -1,7 +1,10 @@
-"""Recipe defaults: what the fields of a TrainConfig left at None mean for this model.
+"""Recipe defaults: what the fields of a TrainConfig left at None mean for this model; and the
+bounds of its sizes.
 
 The paper's presets get fairseq's WikiText-103 recipe (NAG, lr 1, clip 0.1, 35 epochs); the
 CPU-scale presets ("-small") a modern one (AdamW, cosine schedule, a fixed training time).
+`check_sizes` refuses, before the model is built, sizes the corpus, the model or the memory
+cannot take (`--block-size 1000000000` is one line, not the kernel's OOM killer).
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import dataclasses
 from pathlib import Path
 
 from gcnn.errors import GcnnError
+from gcnn.memory import require_memory
+from gcnn.models.bounds import batch_bytes, check_fits, parameter_bytes
 from gcnn.training.config import DATASETS, TrainConfig
+from gcnn.training.feed import rows_per_micro_batch
 
 # Default stopping for the small presets on WikiText-2: a fixed training time, so that the
 # no-argument `time python train.py` (start-up and the last validation included) takes about 10
@@ -73,3 +79,53 @@ def update_horizon(config: TrainConfig, updates_per_epoch: int) -> int | None:
         by_epochs = config.max_epochs * updates_per_epoch
         horizon = by_epochs if horizon is None else min(horizon, by_epochs)
     return horizon
+
+
+def check_sizes(config: TrainConfig, model, train_tokens: int, world_size: int, device) -> None:
+    """Refuse sizes that cannot make sense or fit, before anything is built: a context longer
+    than the model can see, a block or an update larger than the training split, and a run
+    whose parameters, gradients, optimizer state and one micro-batch's activations (lower
+    bounds; `model` may be on the meta device) exceed the device's memory."""
+    c = config
+    if not model.is_recurrent and c.context > model.receptive_field - 1:
+        raise GcnnError(
+            f"--context {c.context}: this model sees at most {model.receptive_field - 1} tokens "
+            f"of history (receptive field {model.receptive_field}), more context is never used; "
+            f"choose 0 to {model.receptive_field - 1} (the default)"
+        )
+    for name in ("block_size", "tokens_per_batch"):
+        if getattr(c, name) > train_tokens:
+            raise GcnnError(
+                f"--{name.replace('_', '-')} {getattr(c, name)}: more than the {train_tokens:,} "
+                f"tokens of the training split of {c.data}; choose at most {train_tokens:,}"
+            )
+    rows = rows_per_micro_batch(c, world_size)
+    slots = 2 if c.optimizer == "adamw" else 1  # AdamW's two moments, NAG's momentum
+    # weights, gradients and optimizer state; then the activations of one micro-batch too
+    state = (2 + slots) * parameter_bytes(model)
+    check_fits(model, device, 2 + slots, f"training {c.model} with {c.optimizer}")
+    fed, scored = rows * (c.context + c.block_size), rows * c.block_size
+    require_memory(
+        state + batch_bytes(model, fed, scored, training=True),
+        f"training {c.model} on micro-batches of {rows:,} x {c.context + c.block_size:,} tokens "
+        f"({c.context:,} of context)",
+        "lower --block-size or --tokens-per-batch, or raise --grad-accum",
+        device,
+    )
+
+
+def build_checked_model(config: TrainConfig, vocab_size: int, train_tokens: int, world_size: int,
+                        device):  # fmt: skip
+    """(model, config resolved for it): built on the meta device first (shapes, no storage) for
+    `check_sizes`, then for real from the seed."""
+    import torch
+
+    from gcnn.models import build_model
+
+    overrides = model_overrides(config)
+    with torch.device("meta"):
+        meta = build_model(config.model, vocab_size, **overrides)
+    config = resolve(config, meta)
+    check_sizes(config, meta, train_tokens, world_size, device)
+    torch.manual_seed(config.seed)
+    return build_model(config.model, vocab_size, **overrides), config

@@ -1,9 +1,11 @@
 """The run directory: whose it is, whether it has room, and every write into it (rank 0).
 
-RUN_DIR holds checkpoint_last.pt, checkpoint_best.pt, metrics.jsonl and config.toml. A run is
-refused before its first update if the directory belongs to another run or cannot take its
-checkpoints; a write that fails later ends the run with one line saying what is kept and how to
-go on (`fault`).
+RUN_DIR holds checkpoint_last.pt, checkpoint_best.pt, metrics.jsonl and config.toml, and the
+lock that makes the run their only writer (gcnn.training.run_lock). A run is refused before its
+first update if another process holds the directory, if the directory holds anything that is not
+a gcnn run, if it belongs to another run or if it cannot take its checkpoints; a refused run
+leaves the directory as it found it. A write that fails later ends the run with one line saying
+what is kept and how to go on (`fault`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from gcnn.data import atomic_write
 from gcnn.data.cache import is_writable_dir
 from gcnn.errors import EXIT_DISK_FULL, GcnnError, WriteError, writing
 from gcnn.training.distributed import Dist
+from gcnn.training.run_lock import LOCK_NAME, RunLock
+
+CHECKPOINTS = ("checkpoint_last.pt", "checkpoint_best.pt")
 
 
 def write_text_atomic(path: Path, text: str, what: str = "file") -> None:
@@ -47,6 +52,64 @@ class RunDir:
         self.best_path = out / "checkpoint_best.pt"
         self.kept_step: int | None = None  # the update checkpoint_last.pt holds (None: no file)
         self.ckpt_bytes: int | None = None  # estimated size of one checkpoint (see preflight)
+        self.lock = RunLock(out)
+        self.created = False  # this run created the directory
+
+    def claim(self) -> None:
+        """Make this process the directory's one writer (rank 0, before anything is written):
+        refuse a directory that cannot be written, one holding files that are not a gcnn run's,
+        and one that another process holds. Undone by `release`."""
+        self.check_writable()
+        self.check_foreign()
+        self.created = not self.out.exists()
+        try:
+            self.lock.acquire()
+        except BaseException:
+            self.release()
+            raise
+
+    def claim_on_rank(self, env: Dist) -> GcnnError | None:
+        """`claim` on rank 0. With several processes its refusal is returned, for `agree` to
+        stop every rank once the process group exists; one process raises it at once."""
+        if not env.is_main:
+            return None
+        try:
+            self.claim()
+        except GcnnError as err:
+            if not env.enabled:
+                raise
+            return err
+        return None
+
+    def release(self) -> None:
+        """Let go of the directory; if the run wrote nothing into it, leave it as it was found
+        (the lock file removed if this run made it, the directory if this run created it)."""
+        untouched = self.out.is_dir() and {p.name for p in self.out.iterdir()} <= {LOCK_NAME}
+        self.lock.release(remove=untouched and self.lock.created)
+        if untouched and self.created:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
+        self.created = False
+
+    def agree(self, problem: GcnnError | None, dist: Dist, device) -> None:
+        """Every rank stops when rank 0 could not claim the directory (a collective)."""
+        self._shared(problem, dist, device)
+
+    def check_foreign(self) -> None:
+        """Refuse a directory that holds anything and is not a gcnn run: its files would be
+        overwritten. A gcnn run has the lock file, or (older runs) a checkpoint."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise GcnnError(f"--out {out} is a file, not a directory; choose another --out")
+        names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if not names or LOCK_NAME in names or set(CHECKPOINTS) & set(names):
+            return
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise GcnnError(
+            f"run directory {out} holds files that are not a gcnn run's ({shown}); a run "
+            "writes config.toml, metrics.jsonl and checkpoints there: choose an empty or new "
+            "--out (nothing was written)"
+        )
 
     def check_owner(
         self, resume_ckpt: dict | None, model_config: dict, fingerprint: str, data: str
@@ -97,48 +160,50 @@ class RunDir:
                 self.check_room()
             except GcnnError as err:
                 problem = err
+        self._shared(problem, dist, device)
+
+    def _shared(self, problem: GcnnError | None, dist: Dist, device) -> None:
         (refused,) = dist.all_sum([float(problem is not None)], device)
         if problem is not None:
             raise problem
         if refused:
             raise GcnnError(f"rank 0 cannot use the run directory {self.out} (see its error)")
 
-    def check_room(self) -> None:
-        """Refuse a run directory that cannot be created or written, or whose file system lacks
-        room for checkpoint_last.pt, checkpoint_best.pt and the temporary copy a save writes."""
+    def check_writable(self) -> None:
+        """Refuse a run directory that cannot be created or written, before creating it."""
         out, hint = self.out, "choose another --out or make it writable"
-        created = not out.exists()
-        try:
-            # By mode bits too, on the directory or the one it will be created in: root passes
-            # every access check, yet a directory made read-only must not be written into.
-            existing = next(d for d in (out, *out.parents) if d.exists())
-            if not is_writable_dir(existing):
-                read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
-                fault = OSError(errno.EROFS if read_only else errno.EACCES, "not writable")
-                raise WriteError(out, fault, "run directory", hint)
-            with writing(out, "run directory", hint):
-                out.mkdir(parents=True, exist_ok=True)
-            probe = out / f".write-test-{os.getpid()}"
-            with writing(out, "run directory", hint):  # a read-only mount shows here, even to root
-                probe.write_bytes(b"")
-                probe.unlink()
-            # Peak use while saving checkpoint_best.pt: last + best + the temporary copy; files
-            # of a resumed run already count in the used space.
-            have = sum(p.stat().st_size for p in (self.last_path, self.best_path) if p.exists())
-            need = max(0, 3 * self.ckpt_bytes - have)
-            free = free_bytes(out)
-            if free is not None and free < need:
-                raise GcnnError(
-                    f"run directory {out}: {mb(free)} free on its file system, this run needs "
-                    f"about {mb(need)} (checkpoint_last.pt and checkpoint_best.pt of about "
-                    f"{mb(self.ckpt_bytes)} each, plus a temporary copy while saving); free "
-                    "some space or choose another --out"
-                )
-        except GcnnError:
-            if created:  # leave nothing behind
-                with contextlib.suppress(OSError):
-                    out.rmdir()
-            raise
+        # By mode bits too, on the directory or the one it will be created in: root passes
+        # every access check, yet a directory made read-only must not be written into.
+        existing = next(d for d in (out, *out.parents) if d.exists())
+        if not is_writable_dir(existing):
+            read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
+            fault = OSError(errno.EROFS if read_only else errno.EACCES, "not writable")
+            raise WriteError(out, fault, "run directory", hint)
+
+    def check_room(self) -> None:
+        """Refuse a run directory that cannot be written, or whose file system lacks room for
+        checkpoint_last.pt, checkpoint_best.pt and the temporary copy a save writes (a run
+        directory that this run created is removed again by `release`)."""
+        out, hint = self.out, "choose another --out or make it writable"
+        self.check_writable()
+        with writing(out, "run directory", hint):
+            out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        with writing(out, "run directory", hint):  # a read-only mount shows here, even to root
+            probe.write_bytes(b"")
+            probe.unlink()
+        # Peak use while saving checkpoint_best.pt: last + best + the temporary copy; files of a
+        # resumed run already count in the used space.
+        have = sum(p.stat().st_size for p in (self.last_path, self.best_path) if p.exists())
+        need = max(0, 3 * self.ckpt_bytes - have)
+        free = free_bytes(out)
+        if free is not None and free < need:
+            raise GcnnError(
+                f"run directory {out}: {mb(free)} free on its file system, this run needs "
+                f"about {mb(need)} (checkpoint_last.pt and checkpoint_best.pt of about "
+                f"{mb(self.ckpt_bytes)} each, plus a temporary copy while saving); free "
+                "some space or choose another --out"
+            )
 
     def save(self, ckpt: dict, step: int, best: bool) -> None:
         """checkpoint_last.pt (and checkpoint_best.pt) := `ckpt`, the state after `step`."""

@@ -4,7 +4,8 @@ Everything the next update depends on (weights, optimizer and lr-schedule state,
 the LSTM's carried state, RNG states) goes into the checkpoint, so `--resume` continues exactly
 where it left off; on CPU in fp32 it reproduces an uninterrupted run bit for bit. The layout is
 gcnn.checkpoint's, with the training keys: train_config, optimizer, scheduler, step, epoch,
-data_position {epoch, batch, rows, state}, rng, metrics (Progress + best_valid_ppl, world_size).
+data_position {epoch, batch, rows, state, corpus}, rng, metrics (Progress + best_valid_ppl,
+world_size).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Progress:
     last_valid_step: int = -1
     bad_updates: int = 0  # non-finite losses skipped, in total
     bad_in_row: int = 0
+    valid_pending: bool = False  # a signal cut the validation of `step` short: redo it first
 
 
 @dataclasses.dataclass
@@ -64,9 +66,11 @@ def training_checkpoint(
     rows: int,
     dist: Dist,
     carried,
+    corpus: dict | None = None,
 ) -> dict:
     """The checkpoint of a run after `progress.step` updates. `rows` is one rank's rows per
-    micro-batch; `carried` the LSTM state of all ranks as `state_to_plain` gives it."""
+    micro-batch; `carried` the LSTM state of all ranks as `state_to_plain` gives it; `corpus`
+    the training split's identity (gcnn.training.resume.corpus_identity)."""
     p = progress
     # Never write NaN weights: a skipped update keeps them finite, so this is a bug guard.
     for name, param in model.state_dict().items():
@@ -85,6 +89,7 @@ def training_checkpoint(
             "batch": p.batch,
             "rows": rows * dist.world_size,  # global rows per micro-batch
             "state": carried,
+            "corpus": corpus,
         },
         rng=rng_state(),
         metrics={

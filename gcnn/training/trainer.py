@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from gcnn.errors import GcnnError
-from gcnn.signals import SignalStopper
+from gcnn.signals import SignalStopper, Stopped
 from gcnn.training.config import TrainConfig, to_toml
 from gcnn.training.distributed import (
     LossModule,
@@ -37,10 +37,17 @@ from gcnn.training.distributed import (
 )
 from gcnn.training.feed import rows_per_micro_batch, split_feed
 from gcnn.training.optim import LRSchedule, make_optimizer
-from gcnn.training.recipe import model_overrides, resolve, update_horizon
+from gcnn.training.recipe import (  # model_overrides: experiments/ import it from here
+    build_checked_model,
+    model_overrides,  # noqa: F401
+    resolve,
+    update_horizon,
+)
 from gcnn.training.reporting import Interval, Reporter, describe, require_tensorboard
+from gcnn.training.resume import check_same_run, corpus_identity
 from gcnn.training.run_dir import RunDir
 from gcnn.training.state import Progress, checkpoint_bytes, ppl, restore, training_checkpoint
+from gcnn.training.validation import stop_agreed, validation_loss
 
 
 @dataclasses.dataclass
@@ -57,12 +64,26 @@ class Trainer:
     """One run: everything is set up in __init__ (data, model, feeds, optimizer, a resumed
     state), then `fit` trains until a limit, a signal or an error."""
 
-    def __init__(self, config: TrainConfig, resume_ckpt: dict | None = None):
+    def __init__(
+        self, config: TrainConfig, resume_ckpt: dict | None = None, run: RunDir | None = None
+    ):
+        self.run = run if run is not None else RunDir(Path(resolve(config).out))
+        try:
+            self.setup(config, resume_ckpt)
+        except BaseException:
+            self.run.release()  # a refused run leaves the directory as it found it
+            raise
+
+    def setup(self, config: TrainConfig, resume_ckpt: dict | None) -> None:
         run_device(config, env_dist())  # a bad --device fails now, not after the data
         if config.tensorboard:
             require_tensorboard()
         if config.compile and not hasattr(torch, "compile"):
             raise GcnnError("--compile needs torch >= 2.0")
+
+        # The run directory's one writer is rank 0, from now until the run ends (a second
+        # train.py on it is refused here); other ranks hear of a refusal once the group exists.
+        claim_error = self.run.claim_on_rank(env_dist())
 
         # Data first, on every rank, before any process group exists: downloading or tokenizing
         # can take longer than a collective's timeout, so no rank may wait in a barrier
@@ -79,22 +100,26 @@ class Trainer:
             download=True,  # a named corpus (wikitext-2/103) missing locally is fetched once
         )
         self.dist, self.device = init_distributed(config)
+        self.run.agree(claim_error, self.dist, self.device)
         self.report = Reporter(self.dist.is_main)
         config = dataclasses.replace(config, precision=resolve_precision(config, self.device))
-        self.run = RunDir(Path(resolve(config).out))
         if "train" not in self.corpus.splits or "valid" not in self.corpus.splits:
             raise GcnnError(f"corpus {self.corpus.directory} needs a train and a valid split")
         self.tokenizer = self.corpus.tokenizer
+        train_tokens = self.corpus.splits["train"]
+        self.corpus_id = corpus_identity(train_tokens)
 
-        # Model: every rank builds the same initial weights from the seed.
-        from gcnn.models import build_model
-
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model, self.tokenizer.vocab_size, **model_overrides(config))
-        self.config = config = resolve(config, self.model)
+        # Model: its sizes checked on the meta device first; every rank builds the same weights.
+        self.model, config = build_checked_model(
+            config, self.tokenizer.vocab_size, len(train_tokens), self.dist.world_size, self.device
+        )
+        self.config = config
         self.run.check_owner(
             resume_ckpt, self.model.config_dict(), self.tokenizer.fingerprint(), config.data
         )
+        if resume_ckpt is not None:
+            where = str(self.run.out)
+            check_same_run(resume_ckpt, config, self.dist.world_size, self.corpus_id, where)
         self.model.to(self.device)
 
         # Batches: `tokens_per_batch` scored tokens per update over all ranks and accum steps.
@@ -121,6 +146,7 @@ class Trainer:
         self.train_state = None  # the LSTM's carried state
         self.saved_step = -1
         self.over_time = False
+        self.stopper: SignalStopper | None = None  # set while `fit` runs
         self.session_t0 = time.perf_counter()
 
         # The step the loss is taken through: compiled, under DDP with several processes.
@@ -155,31 +181,36 @@ class Trainer:
         exit_code = 0
         self.model.train()
         with SignalStopper() as stopper:
-            while not (reason := self.stop_reason()):
+            self.stopper = stopper
+            stopped = p.valid_pending and not self.run_validation()  # cut short last session
+            while not stopped and not (reason := self.stop_reason()):
                 result = self.update(stopper)
                 p.wall_s = time.perf_counter() - self.session_t0
                 self.tally(result, interval)
                 self.report.advance(p, interval, self.lr)
+                stopped = result.stop
                 if not result.skipped:  # nothing new to log, validate or save otherwise
                     if self.step % c.log_every == 0:
                         self.report.train(p, self.epochs_done, interval, self.lr)
                         interval = Interval()
-                    if self.validation_due():
-                        self.run_validation()
+                    if self.validation_due() and stopped:
+                        p.valid_pending = True  # not now: the resumed run validates first
+                    elif self.validation_due():
+                        stopped = not self.run_validation()
                         interval.t0 = time.perf_counter()  # tokens/s leaves validation out
                     elif c.save_every and self.step % c.save_every == 0:
                         self.save()
-                if result.stop:
-                    sig = stopper.stopped_by()
-                    exit_code, reason = 128 + sig, f"stopped by {sig.name}"
-                    break
-            if exit_code == 0 and p.last_valid_step != self.step:
-                self.run_validation()  # saves
+            if not stopped and p.last_valid_step != self.step:
+                stopped = not self.run_validation()  # saves
             elif self.saved_step != self.step:
                 self.save()
+            if stopped:
+                sig = stopper.stopped_by()
+                exit_code, reason = 128 + sig, f"stopped by {sig.name}"
         summary = self.finish(exit_code, reason)
         if self.dist.enabled:
             dist.barrier()
+        self.run.release()
         return summary
 
     def start(self) -> None:
@@ -300,10 +331,17 @@ class Trainer:
             return self.step % self.config.valid_every == 0
         return self.feed.end_of_epoch(self.progress.batch)
 
-    def run_validation(self) -> None:
-        """Validate, note the best, let the schedule react, report, and save."""
+    def run_validation(self) -> bool:
+        """Validate, note the best, let the schedule react, report, and save. A signal during
+        the pass cuts it short: checkpoint_last.pt is saved with the validation still to do
+        (the resumed run does it first) and False returned."""
         p = self.progress
         loss = self.validate()
+        if loss is None:
+            p.valid_pending = True
+            self.save()
+            return False
+        p.valid_pending = False
         p.last_valid_loss, p.last_valid_step = loss, self.step
         improved = loss < p.best_valid_loss
         if improved:
@@ -312,6 +350,7 @@ class Trainer:
         lr = self.schedule.lr(self.step, p.wall_s)
         self.report.valid(p, self.epochs_done, loss, improved, lr)
         self.save(best=improved)
+        return True
 
     def finish(self, exit_code: int, reason: str) -> dict:
         """Close the outputs, say how the run ended, and return its summary."""
@@ -347,22 +386,15 @@ class Trainer:
             self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
         )
 
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Mean NLL per target over the whole validation split (all ranks together)."""
-        self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # NLL, targets
-        state = None
-        if self.model.is_recurrent:
-            state = self.model.init_state(self.rows, self.device)
-        for index in range(len(self.valid_feed)):
-            batch = self.valid_feed.batch(0, index).to(self.device)
-            with self.autocast():
-                loss_sum, n, state = self.model.loss(batch.inputs, batch.targets, state, batch.plan)
-            sums += torch.stack([loss_sum.double(), n.double()])  # no host sync per batch
-        self.model.train()
-        total, count = self.dist.all_sum(sums, self.device)  # the one host sync
-        return total / max(count, 1.0)
+    def validate(self) -> float | None:
+        """Mean NLL per target over the validation split; None when a signal stopped it."""
+        args = (self.model, self.valid_feed, self.rows, self.dist, self.device, self.autocast)
+        return validation_loss(*args, stop=self.stop_agreed)
+
+    def stop_agreed(self, index: int) -> bool:
+        """Whether all ranks stop before validation batch `index` (see gcnn.training.validation)."""
+        requested = self.stopper is not None and self.stopper.requested
+        return stop_agreed(requested, self.dist, self.device, index)
 
     def save(self, best: bool = False) -> None:
         """checkpoint_last.pt (and checkpoint_best.pt) of the state now; a collective."""
@@ -380,6 +412,7 @@ class Trainer:
             rows=self.rows,
             dist=self.dist,
             carried=carried,
+            corpus=self.corpus_id,
         )
         self.run.save(ckpt, self.step, best)
 
@@ -387,9 +420,18 @@ class Trainer:
 def train(config: TrainConfig, resume_ckpt: dict | None = None) -> dict:
     """Train with `config` (resuming from `resume_ckpt` if given); returns a summary dict."""
     started_here = not dist.is_initialized()
+    run = RunDir(Path(resolve(config).out))
     try:
-        return Trainer(config, resume_ckpt).fit()
+        return Trainer(config, resume_ckpt, run).fit()
+    except Stopped as stop:  # before the training loop (data, model, precision): nothing saved
+        step = resume_ckpt["step"] if resume_ckpt is not None else None
+        stop.kept = stop.kept or (
+            "before the first update; nothing was saved" if step is None
+            else f"before training went on; {run.last_path} (update {step}) is as it was"
+        )  # fmt: skip
+        raise
     finally:
+        run.release()  # the kernel would too, at exit; an in-process caller may go on
         if started_here and dist.is_initialized():
             # The trainer holds the process group (through DDP); if anything keeps it in a
             # reference cycle (an exception's traceback, say), only the garbage collector frees
