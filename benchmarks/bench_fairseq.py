@@ -44,6 +44,7 @@ from gcnn.convert import convert_file, to_fairseq
 from gcnn.data import WordTokenizer
 from gcnn.errors import GcnnError, run_cli
 from gcnn.evaluation.scoring import score_token_ids
+from gcnn.machine import reported_load
 from gcnn.models import build_model
 
 WT103_VOCAB = 267_744  # fairseq's WikiText-103 dictionary: 4 specials + 267,733 words + padding
@@ -257,4 +258,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)
