@@ -292,6 +292,23 @@ def test_a_gcnn_run_that_saved_nothing_yet_starts_over(corpus, tmp_path):
     assert load_checkpoint(out / "checkpoint_last.pt")["step"] == 2
 
 
+def copy_of_run(checkpoint: Path, out: Path) -> Path:
+    out.mkdir(parents=True)
+    for name in ("checkpoint_last.pt", "config.toml", "metrics.jsonl", LOCK_NAME):
+        (out / name).write_bytes((checkpoint.parent / name).read_bytes())
+    return out
+
+
+def test_a_refused_run_leaves_an_older_run_directory_as_it_was(corpus, checkpoint, tmp_path):
+    """A run directory from before the lock (checkpoints, no lock file): a fresh run on it is
+    refused by its checkpoint and leaves no lock file behind either."""
+    out = copy_of_run(checkpoint, tmp_path / "run")
+    (out / LOCK_NAME).unlink()
+    before = hashes(out)
+    assert train_main(args(corpus, out, "--max-updates", "3")) == 2
+    assert hashes(out) == before
+
+
 RESUME_CASES = {
     "batch-shape": (["--block-size", "8", "--tokens-per-batch", "32"],
                     "--block-size 16 (not 8), --tokens-per-batch 64 (not 32)"),
@@ -300,13 +317,6 @@ RESUME_CASES = {
     "accumulation": (["--grad-accum", "2", "--tokens-per-batch", "128"],
                      "--tokens-per-batch 64 (not 128), --grad-accum 1 (not 2)"),
 }  # fmt: skip
-
-
-def copy_of_run(checkpoint: Path, out: Path) -> Path:
-    out.mkdir(parents=True)
-    for name in ("checkpoint_last.pt", "config.toml", "metrics.jsonl", LOCK_NAME):
-        (out / name).write_bytes((checkpoint.parent / name).read_bytes())
-    return out
 
 
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))

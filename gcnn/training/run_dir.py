@@ -54,6 +54,7 @@ class RunDir:
         self.ckpt_bytes: int | None = None  # estimated size of one checkpoint (see preflight)
         self.lock = RunLock(out)
         self.created = False  # this run created the directory
+        self.written = False  # this run wrote into it (its config.toml first)
 
     def claim(self) -> None:
         """Make this process the directory's one writer (rank 0, before anything is written):
@@ -84,10 +85,9 @@ class RunDir:
     def release(self) -> None:
         """Let go of the directory; if the run wrote nothing into it, leave it as it was found
         (the lock file removed if this run made it, the directory if this run created it)."""
-        untouched = self.out.is_dir() and {p.name for p in self.out.iterdir()} <= {LOCK_NAME}
-        self.lock.release(remove=untouched and self.lock.created)
-        if untouched and self.created:
-            with contextlib.suppress(OSError):
+        self.lock.release(remove=self.lock.created and not self.written)
+        if self.created and not self.written:
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
                 self.out.rmdir()
         self.created = False
 
@@ -216,6 +216,7 @@ class RunDir:
             raise self.fault(err, step) from None
 
     def write_config(self, text: str) -> None:
+        self.written = True  # the run's first write: from here on the directory is its own
         write_text_atomic(self.out / "config.toml", text, "run config")
 
     def fault(self, err: WriteError, step: int) -> GcnnError:
