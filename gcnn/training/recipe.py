@@ -129,3 +129,18 @@ def build_checked_model(config: TrainConfig, vocab_size: int, train_tokens: int,
     check_sizes(config, meta, train_tokens, world_size, device)
     torch.manual_seed(config.seed)
     return build_model(config.model, vocab_size, **overrides), config
+
+
+def stop_reason(config: TrainConfig, p, epoch_done: bool, over_time: bool, schedule) -> str:
+    """Which limit of the recipe ends the run now ("": none does): `p` is the run's Progress,
+    `epoch_done` whether the next update would start a new epoch, `over_time` whether the
+    clock ran out (agreed by all ranks in the last update)."""
+    if config.max_updates is not None and p.step >= config.max_updates:
+        return f"reached --max-updates {config.max_updates}"
+    if config.max_epochs is not None and (p.epoch + epoch_done) >= config.max_epochs:
+        return f"reached --max-epochs {config.max_epochs}"
+    if over_time:
+        return f"reached --max-minutes {config.max_minutes:g}"
+    if schedule.exhausted():
+        return f"learning rate fell below --min-lr {config.min_lr:g}"
+    return ""

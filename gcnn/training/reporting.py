@@ -197,6 +197,20 @@ class Reporter:
             )
 
 
+def summary(exit_code: int, reason: str, p: Progress, run: RunDir) -> dict:
+    """What `train` returns: how the run ended, its best validation and its checkpoints."""
+    return {
+        "exit_code": exit_code,
+        "reason": reason,
+        "step": p.step,
+        "best_valid_loss": p.best_valid_loss,
+        "best_valid_ppl": ppl(p.best_valid_loss),
+        "best_checkpoint": str(run.best_path),
+        "last_checkpoint": str(run.last_path),
+        "wall_s": p.wall_s,
+    }
+
+
 def describe(
     config: TrainConfig, model, feed: Feed, horizon: int | None, device, p: Progress, run: RunDir
 ) -> str:

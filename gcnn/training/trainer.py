@@ -41,12 +41,13 @@ from gcnn.training.recipe import (  # model_overrides: experiments/ import it fr
     build_checked_model,
     model_overrides,  # noqa: F401
     resolve,
+    stop_reason,
     update_horizon,
 )
-from gcnn.training.reporting import Interval, Reporter, describe, require_tensorboard
+from gcnn.training.reporting import Interval, Reporter, describe, require_tensorboard, summary
 from gcnn.training.resume import check_same_run, corpus_identity
 from gcnn.training.run_dir import RunDir
-from gcnn.training.state import Progress, checkpoint_bytes, ppl, restore, training_checkpoint
+from gcnn.training.state import Progress, checkpoint_bytes, restore, training_checkpoint
 from gcnn.training.validation import stop_agreed, validation_loss
 
 
@@ -313,17 +314,8 @@ class Trainer:
 
     def stop_reason(self) -> str:
         """Why the run ends before another update ("": it goes on)."""
-        c, p = self.config, self.progress
-        if c.max_updates is not None and p.step >= c.max_updates:
-            return f"reached --max-updates {c.max_updates}"
-        epoch_done = self.feed.end_of_epoch(p.batch)
-        if c.max_epochs is not None and (p.epoch + epoch_done) >= c.max_epochs:
-            return f"reached --max-epochs {c.max_epochs}"
-        if self.over_time:  # agreed by all ranks in the last update's all_sum
-            return f"reached --max-minutes {c.max_minutes:g}"
-        if self.schedule.exhausted():
-            return f"learning rate fell below --min-lr {c.min_lr:g}"
-        return ""
+        epoch_done = self.feed.end_of_epoch(self.progress.batch)
+        return stop_reason(self.config, self.progress, epoch_done, self.over_time, self.schedule)
 
     def validation_due(self) -> bool:
         """Every --valid-every updates, or at the end of every epoch."""
@@ -354,18 +346,8 @@ class Trainer:
 
     def finish(self, exit_code: int, reason: str) -> dict:
         """Close the outputs, say how the run ended, and return its summary."""
-        p = self.progress
-        self.report.close(exit_code, reason, p, self.run)
-        return {
-            "exit_code": exit_code,
-            "reason": reason,
-            "step": self.step,
-            "best_valid_loss": p.best_valid_loss,
-            "best_valid_ppl": ppl(p.best_valid_loss),
-            "best_checkpoint": str(self.run.best_path),
-            "last_checkpoint": str(self.run.last_path),
-            "wall_s": p.wall_s,
-        }
+        self.report.close(exit_code, reason, self.progress, self.run)
+        return summary(exit_code, reason, self.progress, self.run)
 
     # -- the pieces ------------------------------------------------------------------------------
 
