@@ -9,11 +9,14 @@
 # (precision_check), and the default run (`python train.py`) with its test perplexity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the kind: model name, family/model numbers (a VM may show only "AMD EPYC"), AMX or not
 kind=$(python -c "
 import re
 from gcnn.machine import cpu_flags, cpu_model
+info = dict(l.split(':', 1) for l in open('/proc/cpuinfo') if ':' in l)
+fm = ' f%s m%s' % (info.get('cpu family\t', '?').strip(), info.get('model\t\t', '?').strip())
 amx = ' amx' if any(f.startswith('amx') for f in cpu_flags()) else ''
-print(re.sub('[^a-z0-9]+', '-', (cpu_model() + amx).lower()).strip('-'))")
+print(re.sub('[^a-z0-9]+', '-', (cpu_model() + fm + amx).lower()).strip('-'))")
 out="experiments/records/perf/$kind"
 mkdir -p "$out"
 echo "records in $out"

@@ -35,8 +35,10 @@ from bench_train_step import zipf_tokens  # noqa: E402
 
 
 def spin(seconds: float) -> None:
+    import signal
     import time
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is inherited by fork
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
@@ -65,6 +67,10 @@ def poison(cache_dir: str, quiet: dict) -> str:
     """Rewrite the quiet measurement's entry with the two precisions' timings swapped, as a
     trusted entry for the slower precision."""
     path = Path(cache_dir) / "precision.json"
+    if not path.exists():
+        raise GcnnError(
+            "the quiet measurement was not cached (was the machine busy?): rerun quietly"
+        )
     data = json.loads(path.read_text())
     (key, entry), *_ = [(k, v) for k, v in data.items() if k != "version"]
     fp32, bf16 = entry["seconds"]["fp32"], entry["seconds"]["bf16"]

@@ -4,12 +4,14 @@ Timings taken while other processes compete for the cores are slower, and not by
 for every variant being compared, so a measurement records the load it ran under. The rule, used
 by `--precision auto` (gcnn.precision) and by every benchmark (`reported_load`):
 
-    others = max(load before, load after − our threads)      (1-minute load averages, ≥ 0)
+    others = (CPU time all processes used − CPU time this process used) / wall time
     busy   = others > BUSY_FRACTION × cores                   (cores this process may run on)
 
-"others" is the load that our own measuring threads do not explain: before we start it is all
-someone else's; afterwards our threads (torch.get_num_threads()) account for up to that much of
-it. Busy means other processes kept more than half the cores occupied.
+both CPU times taken over the measurement itself (/proc/stat and getrusage), so "others" is the
+number of cores other processes kept busy meanwhile. The 1-minute load average is recorded too,
+but it cannot decide: it lags by a minute, so right after our own earlier work (a previous
+benchmark, the data preparation) it still counts that work as someone else's. Where /proc/stat
+is missing the rule falls back to it: others = max(load before, load after − our threads).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import sys
+import time
 from dataclasses import dataclass
 
 BUSY_FRACTION = 0.5
@@ -86,10 +90,13 @@ class LoadReading:
     after: float | None  # and after it
     cores: int
     threads: int  # our own threads while measuring
+    others_cpu: float | None = None  # cores' worth of CPU other processes used meanwhile
 
     @property
     def others(self) -> float | None:
-        """The load our own threads do not explain (None where the OS gives no load)."""
+        """How many cores other processes kept busy (None where the OS tells neither)."""
+        if self.others_cpu is not None:
+            return self.others_cpu
         if self.before is None or self.after is None:
             return None
         return max(0.0, self.before, self.after - self.threads)
@@ -101,26 +108,61 @@ class LoadReading:
     def describe(self) -> str:
         if self.others is None:
             return f"load unknown, {self.cores} cores"
-        return f"load {self.before:.2f} before, {self.after:.2f} after on {self.cores} cores"
+        others = "" if self.others_cpu is None else f"others used {self.others_cpu:.2f} cores; "
+        return (
+            f"{others}load average {self.before:.2f} before, {self.after:.2f} after "
+            f"on {self.cores} cores"
+        )
 
     def to_json(self) -> dict:
         return {"before": self.before, "after": self.after, "cores": self.cores,
-                "threads": self.threads}  # fmt: skip
+                "threads": self.threads, "others_cpu": self.others_cpu}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict) -> LoadReading:
-        return cls(data.get("before"), data.get("after"), int(data["cores"]), int(data["threads"]))
+        others = data.get("others_cpu")
+        return cls(
+            data.get("before"),
+            data.get("after"),
+            int(data["cores"]),
+            int(data["threads"]),
+            None if others is None else float(others),
+        )
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have used since boot, summed over the cores (/proc/stat: user,
+    nice, system, irq, softirq and steal, which a hypervisor's other guests take); None where
+    there is no /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class LoadMeter:
-    """Reads the load before and after a measurement: `start()`, measure, `stop()`."""
+    """Reads the load around a measurement: `start()`, measure, `stop()`."""
 
     def start(self) -> LoadMeter:
         self.before = load_average()
+        self.busy0, self.own0, self.t0 = busy_cpu_seconds(), own_cpu_seconds(), time.monotonic()
         return self
 
     def stop(self) -> LoadReading:
-        return LoadReading(self.before, load_average(), cores(), own_threads())
+        others = None
+        wall = time.monotonic() - self.t0
+        busy = busy_cpu_seconds()
+        if busy is not None and self.busy0 is not None and wall > 0:
+            others = max(0.0, (busy - self.busy0) - (own_cpu_seconds() - self.own0)) / wall
+        return LoadReading(self.before, load_average(), cores(), own_threads(), others)
 
 
 @contextlib.contextmanager
@@ -134,10 +176,15 @@ def reported_load(out=None):
         yield
     finally:
         reading = meter.stop()
-        print(f"load average after: {_text(reading.after)}", file=out, flush=True)
+        others = (
+            ""
+            if reading.others_cpu is None
+            else f"; other processes used {reading.others_cpu:.2f} cores meanwhile"
+        )
+        print(f"load average after: {_text(reading.after)}{others}", file=out, flush=True)
         if reading.busy:
             print(
-                f"warning: other processes kept this machine busy (load {reading.others:.2f} "
+                f"warning: other processes kept this machine busy ({reading.others:.2f} cores "
                 f"beyond our {reading.threads} thread(s), above half of {reading.cores} cores): "
                 "these timings are not reliable; rerun on a quiet machine",
                 file=out,
