@@ -24,15 +24,10 @@ printed). fairseq is optional: without it only gcnn is timed. Run it on a quiet 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
-import logging
 import statistics
-import sys
 import tempfile
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -40,7 +35,7 @@ import numpy as np
 import torch
 
 from gcnn.checkpoint import load_model, model_checkpoint, save_checkpoint
-from gcnn.convert import convert_file, to_fairseq
+from gcnn.convert import convert_file, fairseq_import, to_fairseq
 from gcnn.data import WordTokenizer
 from gcnn.errors import GcnnError, run_cli
 from gcnn.evaluation.scoring import score_token_ids
@@ -50,38 +45,9 @@ from gcnn.models import build_model
 WT103_VOCAB = 267_744  # fairseq's WikiText-103 dictionary: 4 specials + 267,733 words + padding
 
 
-class _Absent(types.ModuleType):
-    """An empty stand-in module: any attribute is a function that says it is not installed."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def missing(*args, **kwargs):
-            raise RuntimeError(f"{self.__name__}.{name} is not installed")
-
-        return missing
-
-
 def import_fairseq():
-    """fairseq, or None. Empty stand-ins for scikit-learn/scipy, which fairseq imports at package
-    import for unrelated tasks (fconv never uses them), when those are not installed."""
-    if importlib.util.find_spec("fairseq") is None:
-        return None
-    for package, sub in (("sklearn", "metrics"), ("scipy", "stats")):
-        if package in sys.modules or importlib.util.find_spec(package) is not None:
-            continue
-        for name in (package, f"{package}.{sub}"):
-            module = _Absent(name)
-            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-            module.__path__ = []
-            sys.modules[name] = module
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import fairseq.checkpoint_utils
-        import fairseq.sequence_scorer  # noqa: F401
-    return sys.modules["fairseq"]
+    """fairseq with what the benchmark uses, or None where it is not installed."""
+    return fairseq_import.import_fairseq("fairseq.checkpoint_utils", "fairseq.sequence_scorer")
 
 
 def synthetic_checkpoint(preset: str, vocab: int, path: Path) -> None:

@@ -12,9 +12,6 @@ convolutions' weight norm on dim 0 as those old models had it.
 from __future__ import annotations
 
 import contextlib
-import importlib.machinery
-import importlib.util
-import logging
 import os
 import sys
 import types
@@ -24,46 +21,21 @@ from pathlib import Path
 import pytest
 import torch
 
-
-class _Absent(types.ModuleType):
-    """An empty stand-in for a package fairseq imports for unrelated tasks (see import_fairseq)."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def missing(*args, **kwargs):
-            raise RuntimeError(f"{self.__name__}.{name} is not installed")
-
-        return missing
+from gcnn.convert import fairseq_import
 
 
 def import_fairseq():
-    """fairseq's modules, or pytest.skip when it is not installed.
-
-    fairseq imports every task at package import; two of them (audio classification, sentence
-    prediction) import scikit-learn and scipy, which fconv never uses. Where those are absent,
-    empty stand-ins are registered so that `import fairseq` works without them (CI installs
-    fairseq-fixed with --no-deps and only its pure-Python dependencies).
-    """
-    if importlib.util.find_spec("fairseq") is None:
+    """fairseq's modules (gcnn.convert.fairseq_import), or pytest.skip when it is not installed."""
+    fairseq = fairseq_import.import_fairseq(
+        "fairseq.checkpoint_utils",
+        "fairseq.options",
+        "fairseq.tasks",
+        "fairseq.dataclass.utils",
+        "fairseq.trainer",
+    )
+    if fairseq is None:
         pytest.skip("fairseq is not installed (CI: pip install fairseq-fixed==0.12.3.1)")
-    for package, submodule in (("sklearn", "metrics"), ("scipy", "stats")):
-        if package in sys.modules or importlib.util.find_spec(package) is not None:
-            continue
-        for name in (package, f"{package}.{submodule}"):
-            module = _Absent(name)
-            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-            module.__path__ = []
-            sys.modules[name] = module
-    logging.getLogger("fairseq").setLevel(logging.ERROR)
-    logging.getLogger("fairseq_cli").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fairseq import checkpoint_utils, options, tasks  # noqa: F401
-        from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: F401
-        from fairseq.trainer import Trainer  # noqa: F401
-    return sys.modules["fairseq"]
+    return fairseq
 
 
 def write_dict(directory: Path, words: list[str], pad_to_8: bool = True) -> Path:
