@@ -37,4 +37,5 @@ if [[ "${1:-}" != "--no-default" ]]; then
   cp "$run/config.toml" "$out/default-config.toml"
   python evaluate.py perplexity "$run/checkpoint_best.pt" --split test --json \
     | tee "$out/default-test.json"
+  python experiments/summarize_default_run.py "$out"  # default-run.json: the figures in one record
 fi
