@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from page import QUIET, load_brief
 from records import describe_machine, test_ppl, valid_ppl
-from studies.default import wall_minutes
+from studies.default import DEFAULT_MODEL, wall_minutes
 from studies.latency import evaluated, roofline
 
 from gcnn.errors import GcnnError
@@ -83,8 +83,8 @@ def block(by_study: dict[str, list[dict]]) -> str:
     """The generated table (BEGIN and END included)."""
     rows = []
     named = {
-        ("default", "gcnn-small"): "the default training run (gcnn-small, WikiText-2)",
-        ("default", "lstm-small"): "the LSTM baseline, same size and budget",
+        ("default", DEFAULT_MODEL): f"the default training run ({DEFAULT_MODEL}, WikiText-2)",
+        ("default", "lstm-small"): "the LSTM baseline, same time budget",
         ("long", "gcnn"): "the longer CPU recipe",
         ("long", "lstm"): "the longer LSTM recipe",
     }

@@ -97,11 +97,17 @@ UNSPECIFIC = ("out", "resume", "progress", "tensorboard", "log_every", "save_eve
 
 def spec_diff(recorded: dict, wanted: dict) -> str:
     """What differs between a record's spec and the run asked for (empty: the same run).
-    Settings that the record does not know (added to train.py since) are not counted."""
+    For training the resolved config decides, not the flags that spelled it: a flag that
+    states a default is the same run. Settings that the record does not know (added to train.py
+    since) are not counted; a model setting left to the preset counts as the preset's value."""
     diffs = []
+    training = isinstance(recorded.get("config"), dict) and isinstance(wanted.get("config"), dict)
     for key in sorted(set(recorded) | set(wanted)):
         old, new = recorded.get(key), wanted.get(key)
-        if key == "config" and isinstance(old, dict) and isinstance(new, dict):
+        if key == "args" and training:
+            continue
+        if key == "config" and training:
+            old, new = with_preset_values(old), with_preset_values(new)
             diffs += [
                 f"{k}: recorded {old[k]!r}, now {new[k]!r}"
                 for k in old
@@ -110,6 +116,18 @@ def spec_diff(recorded: dict, wanted: dict) -> str:
         elif old != new:
             diffs.append(f"{key}: recorded {old!r}, now {new!r}")
     return "; ".join(diffs)
+
+
+def with_preset_values(config: dict) -> dict:
+    """The config with the model settings it left at None (the preset's) filled in."""
+    from gcnn.models import PRESETS
+
+    preset = PRESETS.get(config.get("model"), {})
+    filled = dict(config)
+    for name in ("dropout", "gating", "weight_norm"):
+        if filled.get(name) is None and name in preset:
+            filled[name] = preset[name]
+    return filled
 
 
 @dataclass

@@ -74,8 +74,30 @@ def budget_args(o: StudyOptions, default_updates: int | None) -> list[str]:
     return args
 
 
+def study_recipe(model: str) -> list[str]:
+    """Flags that keep a study on the recipe its records were made with (4,096 tokens per update,
+    AdamW's lr 1e-2, the preset's dropout) where the default run's recipe has moved on
+    (gcnn.training.recipe.SMALL_RECIPES): a study compares variants under one fixed recipe, and
+    a new default must neither change its runs nor orphan its records."""
+    from gcnn.models import PRESETS
+    from gcnn.training.recipe import TOKENS_PER_BATCH, small_recipe
+
+    before = {"tokens_per_batch": TOKENS_PER_BATCH, "lr": 1e-2}
+    before["dropout"] = PRESETS[model].get("dropout") if model in PRESETS else None
+    flags = []
+    for name in small_recipe(model):
+        if before.get(name) is not None:
+            flags += ["--" + name.replace("_", "-"), f"{before[name]:g}"]
+    return flags
+
+
+def model_flags(o: StudyOptions, model: str) -> list[str]:
+    """--data, --model and the study's recipe for it: what every study run starts with."""
+    return ["--data", o.data, "--model", model, *study_recipe(model)]
+
+
 def training_args(o: StudyOptions, model: str, default_updates: int | None) -> list[str]:
-    return ["--data", o.data, "--model", model, *budget_args(o, default_updates), *o.extra]
+    return [*model_flags(o, model), *budget_args(o, default_updates), *o.extra]
 
 
 def runs_for_seeds(o: StudyOptions, study: str, variant: str, args: list[str], **kw) -> list[Run]:

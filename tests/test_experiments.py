@@ -208,8 +208,8 @@ def test_every_study_writes_one_record_per_run(studies):
     assert "measured peaks" in latency["roofline-gcnn-small-lstm-small-fp32"]["stdout"]
 
     default, long = records_of(root, "default"), records_of(root, "long")
-    assert sorted(default) == ["gcnn-small-s1", "gcnn-small-s2", "lstm-small-s1", "lstm-small-s2"]
-    assert default["gcnn-small-s1"]["done"]["process_s"] > 0
+    assert sorted(default) == ["gcnn-8-small-s1", "gcnn-8-small-s2", "lstm-small-s1", "lstm-small-s2"]
+    assert default["gcnn-8-small-s1"]["done"]["process_s"] > 0
     assert sorted(long) == ["gcnn-s1", "gcnn-s2", "lstm-s1", "lstm-s2"]
     assert long["gcnn-s1"]["config"]["model_args"]["embed_dim"] == 16  # flags over the recipe
     assert long["gcnn-s1"]["config"]["dropout"] == 0.35  # ... the rest from the recipe
@@ -267,6 +267,27 @@ def test_changed_settings_are_refused_not_mixed(studies, capsys):
         assert " recorded, 0 to do" in capsys.readouterr().out
     finally:
         path.write_text(original)
+
+
+def test_studies_keep_the_recipe_their_records_were_made_with():
+    """A new default run's recipe neither changes a study's runs nor orphans its records: the
+    study states the old recipe, and a flag that spells out a recorded value is the same run."""
+    from measure import train_config
+    from runner import Run, spec_diff
+    from study import StudyOptions, training_args
+
+    args = training_args(StudyOptions(), "gcnn-small", 200)
+    c = train_config([*args, "--seed", "1"])
+    assert (c.tokens_per_batch, c.lr, c.dropout) == (4096, 1e-2, 0.2)
+    assert train_config(training_args(StudyOptions(), "lstm-small", 200)).tokens_per_batch == 4096
+
+    wanted = Run("s", "v", 1, args).spec()
+    recorded = json.loads(json.dumps(wanted))  # as a record made before the recipe moved
+    recorded["args"] = ["--data", "wikitext-2", "--model", "gcnn-small", "--max-updates", "200"]
+    recorded["config"]["dropout"] = None  # then left to the preset (0.2)
+    assert spec_diff(recorded, wanted) == ""
+    recorded["config"]["dropout"] = 0.1
+    assert spec_diff(recorded, wanted) == "dropout: recorded 0.1, now 0.2"
 
 
 def test_dry_run_lists_runs_and_estimates_without_running(tmp_path, capsys):

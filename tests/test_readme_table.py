@@ -26,7 +26,7 @@ def test_the_readme_table_is_generated_from_the_committed_records():
     assert committed == expected, (
         "README.md's measured table differs from the records: run `python experiments/report.py`"
     )
-    assert "2,201 updates" not in committed and "`default/gcnn-small-s1`" in committed
+    assert "2,201 updates" not in committed and "`default/gcnn-8-small-s1`" in committed
 
 
 def test_rewriting_replaces_only_the_block():

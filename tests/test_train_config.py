@@ -36,12 +36,27 @@ def test_flags_win_over_toml_which_wins_over_defaults(tmp_path):
     assert c.model_args == {"embed_dim": 32, "cutoffs": [10, 20]}  # merged
 
 
-def test_no_arguments_is_gcnn_small_on_wikitext2_with_adamw():
+def test_no_arguments_is_gcnn_8_small_on_wikitext2_with_adamw():
     c = resolve(config_from([]))
-    assert (c.model, c.data, c.device, c.optimizer) == ("gcnn-small", "wikitext-2", "auto", "adamw")
+    assert (c.model, c.data, c.device, c.optimizer) == ("gcnn-8-small", "wikitext-2", "auto", "adamw")
     # a fixed training time (`time python train.py` about 10 minutes), the cosine on the clock
     assert c.max_updates is None and c.max_minutes == 9.0
-    assert c.out.endswith("gcnn-small-wikitext-2")
+    assert c.out.endswith("gcnn-8-small-wikitext-2")
+
+
+def test_small_presets_default_to_their_own_recipe_and_flags_still_win():
+    from gcnn.training.recipe import SMALL_RECIPES, TOKENS_PER_BATCH
+
+    gcnn = resolve(config_from([]))
+    assert {k: getattr(gcnn, k) for k in SMALL_RECIPES["gcnn"]} == SMALL_RECIPES["gcnn"]
+    lstm = resolve(config_from(["--model", "lstm-small"]))
+    assert (lstm.tokens_per_batch, lstm.lr, lstm.dropout) == (TOKENS_PER_BATCH, 1e-2, None)
+    mine = resolve(config_from(["--tokens-per-batch", "1024", "--lr", "0.005", "--dropout", "0"]))
+    assert (mine.tokens_per_batch, mine.lr, mine.dropout) == (1024, 0.005, 0.0)
+    # the recipe's lr is AdamW's: NAG on the small preset keeps NAG's
+    assert resolve(config_from(["--optimizer", "nag"])).lr == 1.0
+    paper = resolve(config_from(["--model", "gcnn-8", "--dataset", "wikitext-103"]))
+    assert (paper.tokens_per_batch, paper.dropout) == (TOKENS_PER_BATCH, None)
 
 
 def test_paper_presets_default_to_the_nag_recipe():

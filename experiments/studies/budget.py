@@ -19,7 +19,7 @@ from plots import band, finish, pyplot, save, seeds_text, valid_label
 from records import load_records, test_ppl, valid_ppl
 from runner import Runner
 from stats import arm, cell, verdict
-from study import StudyOptions, for_family, model_args, runs_for_seeds, selected
+from study import StudyOptions, for_family, model_args, model_flags, runs_for_seeds, selected
 
 from gcnn.errors import GcnnError
 from studies import lstm as lstm_study
@@ -36,9 +36,9 @@ def families(runner: Runner, o: StudyOptions) -> dict[str, tuple[list[str], floa
         o, model_args(for_family(o.extra, "lstm")), runner.plan
     )
     return {
-        "gcnn": (["--data", o.data, "--model", o.model, *o.extra], chosen.get("gcnn")),
+        "gcnn": ([*model_flags(o, o.model), *o.extra], chosen.get("gcnn")),
         "lstm": (
-            ["--data", o.data, "--model", o.lstm_model, *for_family(o.extra, "lstm")]
+            [*model_flags(o, o.lstm_model), *for_family(o.extra, "lstm")]
             + ["--model-arg", f"hidden_size={hidden}"],
             chosen.get("lstm"),
         ),

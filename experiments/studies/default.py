@@ -14,7 +14,10 @@ from runner import Run, Runner
 from stats import mean
 from study import StudyOptions, for_family, seeds, selected, user_budget
 
+from gcnn.training.config import TrainConfig
+
 NAME = "default"
+DEFAULT_MODEL = TrainConfig().model  # what `python train.py` trains
 TITLE = "6. The default run: `python train.py`"
 GOAL = (140, 10)  # test perplexity within minutes (the results issue's goal)
 REFERENCE = (
@@ -29,7 +32,7 @@ def runs(runner: Runner, o: StudyOptions) -> None:
     exact valid and test perplexity; `python train.py --model lstm-small` beside it."""
     data = [] if o.data == "wikitext-2" else ["--data", o.data]
     commands = {
-        "gcnn-small": [*data, *user_budget(o), *o.extra],
+        DEFAULT_MODEL: [*data, *user_budget(o), *o.extra],
         "lstm-small": [
             "--model",
             "lstm-small",

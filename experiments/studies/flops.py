@@ -26,6 +26,7 @@ from study import (
     for_family,
     lr_name,
     model_args,
+    model_flags,
     network_flops,
     seeds,
     selected,
@@ -68,7 +69,7 @@ def pair(o: StudyOptions, size: str, plan: bool) -> dict[str, list[str]]:
         target = network_flops(o.model, vocab, block, **gcnn_model)
         lstm_flops = lambda h: network_flops(o.lstm_model, vocab, block, **shared, hidden_size=h)  # noqa: E731
         hidden = solve_increasing(lstm_flops, target)
-    lstm = ["--data", o.data, "--model", o.lstm_model, *budget_args(o, UPDATES)]
+    lstm = [*model_flags(o, o.lstm_model), *budget_args(o, UPDATES)]
     lstm += for_family(o.extra, "lstm")
     for key, value in {**shared, "hidden_size": hidden}.items():
         lstm += ["--model-arg", f"{key}={value}"]

@@ -14,6 +14,7 @@ from stats import arm, best_lr, cell, lr_of, mean, verdict
 from study import (
     StudyOptions,
     lr_name,
+    model_flags,
     runs_for_seeds,
     seeds,
     selected,
@@ -122,7 +123,7 @@ def long_args(o: StudyOptions) -> list[str]:
         return training_args(o, o.model, None)
     every = ["--valid-every", str(LONG_VALID_EVERY), "--log-every", str(LONG_VALID_EVERY)]
     every += ["--valid-tokens", str(o.valid_tokens)] if o.valid_tokens else []
-    return ["--data", o.data, "--model", o.model, "--max-epochs", str(EPOCHS), *every, *o.extra]
+    return [*model_flags(o, o.model), "--max-epochs", str(EPOCHS), *every, *o.extra]
 
 
 # --- the page ---------------------------------------------------------------------------------

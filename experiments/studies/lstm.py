@@ -18,6 +18,7 @@ from study import (
     for_family,
     lr_name,
     model_args,
+    model_flags,
     runs_for_seeds,
     selected,
     solve_increasing,
@@ -56,12 +57,9 @@ def runs(runner: Runner, o: StudyOptions) -> None:
     lstm_overrides = model_args(lstm_extra)
     hidden, lstm_params, gcnn_params = matched_lstm_hidden(o, lstm_overrides, runner.plan)
     families = {
-        "gcnn": ["--data", o.data, "--model", o.model, *budget, *o.extra],
+        "gcnn": [*model_flags(o, o.model), *budget, *o.extra],
         "lstm": [
-            "--data",
-            o.data,
-            "--model",
-            o.lstm_model,
+            *model_flags(o, o.lstm_model),
             *budget,
             *lstm_extra,
             "--model-arg",

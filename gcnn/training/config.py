@@ -33,7 +33,7 @@ class TrainConfig:
     tokenizer: str = "word"  # "word" or "sentencepiece"
     vocab_size: int | None = None  # sentencepiece vocabulary size
     # model: a preset from gcnn.models.PRESETS plus overrides
-    model: str = "gcnn-small"
+    model: str = "gcnn-8-small"  # the no-argument default (gcnn.training.recipe.SMALL_RECIPES)
     dropout: float | None = None
     gating: str | None = None
     weight_norm: bool | None = None
@@ -41,11 +41,13 @@ class TrainConfig:
     # batches
     block_size: int = 256  # scored tokens per row
     context: int | None = None  # unscored prefix; None: receptive_field - 1 (GCNN), 0 (LSTM)
-    tokens_per_batch: int = 4096  # scored tokens per update, over all processes and accum steps
+    # scored tokens per update, over all processes and accum steps; None: the recipe's (4096, or
+    # the small preset's own: gcnn.training.recipe.SMALL_RECIPES)
+    tokens_per_batch: int | None = None
     grad_accum: int = 1
     # optimisation
     optimizer: str | None = None  # None: "nag" for the paper presets, "adamw" for small ones
-    lr: float | None = None  # None: 1.0 (nag), 1e-2 (adamw)
+    lr: float | None = None  # None: the small preset's own, else 1.0 (nag), 1e-2 (adamw)
     momentum: float = 0.99  # nag only
     weight_decay: float | None = None  # None: 5e-6 (nag), 0.01 on matrices (adamw)
     clip_norm: float | None = None  # None: 0.1 (nag), 1.0 (adamw); 0 disables clipping
@@ -95,16 +97,10 @@ class TrainConfig:
             raise bad("tokenizer", "choose word or sentencepiece")
         if self.device != "auto" and self.device != "cpu" and not _is_cuda_device(self.device):
             raise bad("device", "choose auto, cpu, cuda or cuda:N")
-        for name in (
-            "block_size",
-            "tokens_per_batch",
-            "grad_accum",
-            "log_every",
-            "max_bad_updates",
-        ):
+        for name in ("block_size", "grad_accum", "log_every", "max_bad_updates"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("max_epochs", "max_updates", "vocab_size", "valid_tokens"):
+        for name in ("tokens_per_batch", "max_epochs", "max_updates", "vocab_size", "valid_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
         for name in ("valid_every", "save_every", "warmup_updates"):
