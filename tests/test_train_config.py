@@ -38,7 +38,7 @@ def test_flags_win_over_toml_which_wins_over_defaults(tmp_path):
 
 def test_no_arguments_is_gcnn_8_small_on_wikitext2_with_adamw():
     c = resolve(config_from([]))
-    assert (c.model, c.data, c.device, c.optimizer) == ("gcnn-8-small", "wikitext-2", "auto", "adamw")
+    assert (c.model, c.data, c.optimizer) == ("gcnn-8-small", "wikitext-2", "adamw")
     # a fixed training time (`time python train.py` about 10 minutes), the cosine on the clock
     assert c.max_updates is None and c.max_minutes == 9.0
     assert c.out.endswith("gcnn-8-small-wikitext-2")
