@@ -1,0 +1,162 @@
+"""How the default run's recipe was chosen (issue 21): probes at the slowest CPU's budget.
+
+    python experiments/recipe_probes.py speed        # tokens/s of each probe's model, quiet
+    python experiments/recipe_probes.py run [NAME..]  # the probes, 2 at a time, 1 thread each
+    python experiments/recipe_probes.py record        # -> experiments/records/recipe/probes.json
+
+The default run trains for 9 minutes, so what it reaches depends on the tokens a CPU gets through
+in them. The slowest CPU met so far (2 cores of an AMX Xeon) made 940 updates of 4,096 tokens:
+3.85M tokens of gcnn-small. A probe gives a candidate recipe the tokens it would get on that
+CPU (3.85M x its model's tokens/s over gcnn-small's, measured here by `speed`), as --max-updates,
+so it is deterministic and can run beside another probe: only the budget was set by a clock. The
+Zen 5 EPYC, the fastest, made 2,269 updates: `fast` probes give the chosen recipe that budget to
+check that a faster machine is not worse off. Compared by the best exact validation perplexity
+(the whole split, at each epoch's end and the last update).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from gcnn.errors import ArgumentParser, GcnnError, run_cli
+from gcnn.machine import LoadMeter, cpu_name, reported_load
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "recipe-probes"
+RECORD = ROOT / "experiments" / "records" / "recipe" / "probes.json"
+SLOW_TOKENS = 940 * 4096  # the AMX Xeon's default run: 940 updates of 4,096 tokens in 9 minutes
+FAST_TOKENS = 2269 * 4096  # the Zen 5 EPYC's
+SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); tokens/s from `speed`
+    "gcnn-small": [],
+    "6x192": ["--model-arg", "blocks=[{layers=[[4,192]],repeat=6}]"],
+    "8x128": ["--model-arg", "blocks=[{layers=[[4,128]],repeat=8}]"],
+}
+# name: (shape, tokens per update, lr, dropout, updates). The updates: SLOW_TOKENS (or FAST_TOKENS)
+# x the shape's tokens/s over gcnn-small's, / the tokens per update. P7 and P8 used ratios of a
+# short first timing (1.55, 2.18); `speed`, measured quiet afterwards, gives 1.44 and 1.74
+# (records/recipe/speed.json), so they had 8% and 25% more tokens than the slow CPU would give
+# them; fast-P8 uses 1.74. P9 and P10 were stopped after 2 of their 4 epochs.
+PROBES = {
+    "P1": ("gcnn-small", 2048, 0.01, 0.2, 1880),
+    "P2": ("gcnn-small", 2048, 0.01, 0.1, 1880),
+    "P3": ("gcnn-small", 2048, 0.02, 0.1, 1880),
+    "P4": ("gcnn-small", 4096, 0.02, 0.1, 940),
+    "P5": ("gcnn-small", 2048, 0.02, 0.0, 1880),
+    "P6": ("gcnn-small", 1024, 0.02, 0.1, 3760),
+    "P7": ("6x192", 2048, 0.02, 0.1, 2915),
+    "P8": ("8x128", 2048, 0.02, 0.1, 4100),
+    "P9": ("8x128", 2048, 0.03, 0.1, 4100),
+    "P10": ("8x128", 2048, 0.04, 0.1, 4100),
+    "fast-P8": ("8x128", 2048, 0.02, 0.1, 7896),  # the Zen 5's budget for the chosen recipe
+}
+
+
+def flags(name: str) -> list[str]:
+    shape, tokens, lr, dropout, updates = PROBES[name]
+    return [
+        "--model", "gcnn-small", *SHAPES[shape], "--tokens-per-batch", str(tokens),
+        "--lr", f"{lr:g}", "--dropout", f"{dropout:g}", "--max-updates", str(updates),
+        "--precision", "bf16", "--no-progress", "--out", str(RUNS / name),
+    ]  # fmt: skip
+
+
+def train(args: list[str], threads: int | None = None) -> subprocess.Popen:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env)
+
+
+def speed() -> dict:
+    """Tokens/s of each shape at 2,048 tokens per update, one after the other, both cores."""
+    out = {}
+    meter = LoadMeter().start()
+    with reported_load():
+        for shape, extra in SHAPES.items():
+            run = RUNS / f"speed-{shape}"
+            shutil.rmtree(run, ignore_errors=True)
+            args = ["--model", "gcnn-small", *extra, "--max-updates", "60", "--log-every", "20",
+                    "--valid-tokens", "1000", "--tokens-per-batch", "2048", "--precision", "bf16",
+                    "--no-progress", "--out", str(run)]  # fmt: skip
+            if train(args).wait() != 0:
+                raise GcnnError(f"the speed run of {shape} failed")
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+            rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")][1:]  # warm
+            out[shape] = round(sum(rates) / len(rates))
+            print(f"{shape}: {out[shape]:,} tokens/s", flush=True)
+    base = out["gcnn-small"]
+    return {
+        "cpu": cpu_name(),
+        "tokens_per_s": out,
+        "ratio": {k: round(v / base, 2) for k, v in out.items()},
+        "load": meter.stop().to_json(),
+    }
+
+
+def run(names: list[str]) -> None:
+    """Two probes at a time, one thread each (deterministic: only updates count)."""
+    todo = [n for n in names if not ((s := summary(n)) and s["finished"])]
+    for i in range(0, len(todo), 2):
+        procs = [train(flags(n), threads=1) for n in todo[i : i + 2]]
+        if any(p.wait() != 0 for p in procs):
+            raise GcnnError(f"a probe of {todo[i : i + 2]} failed; see its run directory")
+
+
+def summary(name: str) -> dict | None:
+    run = RUNS / name
+    if not (run / "metrics.jsonl").exists():
+        return None
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    config = tomllib.loads((run / "config.toml").read_text())
+    valid = [(r["step"], round(r["valid_ppl"], 2)) for r in rows if r.get("valid_ppl")]
+    shape, tokens, lr, dropout, updates = PROBES[name]
+    return {
+        "command": " ".join(["python", "train.py", *flags(name)]).replace(str(ROOT) + "/", ""),
+        "shape": shape,
+        "tokens_per_batch": tokens, "lr": lr, "dropout": dropout, "updates": updates,
+        "tokens": rows[-1]["tokens"],
+        "finished": rows[-1]["step"] == config["max_updates"],
+        "valid_ppl": valid,
+        "best_valid_ppl": min(p for _, p in valid) if valid else None,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["speed", "run", "record"])
+    p.add_argument("names", nargs="*", help=f"probes to run (default: all): {', '.join(PROBES)}")
+    a = p.parse_args(argv)
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    if a.what == "speed":
+        (RECORD.parent / "speed.json").write_text(json.dumps(speed(), indent=1) + "\n")
+    elif a.what == "run":
+        unknown = set(a.names) - set(PROBES)
+        if unknown:
+            raise GcnnError(f"unknown probe(s) {sorted(unknown)}; choose from {', '.join(PROBES)}")
+        run(a.names or list(PROBES))
+    else:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        record = {
+            "what": __doc__.strip().splitlines()[0],
+            "cpu": cpu_name(),
+            "threads": "1 per probe, 2 probes at a time",
+            "ran_from": "0f052a4 (P1-P4) onwards; each probe's flags state its whole recipe",
+            "commit": commit,
+            "slow_tokens": SLOW_TOKENS,
+            "fast_tokens": FAST_TOKENS,
+            "probes": {n: s for n in PROBES if (s := summary(n))},
+        }
+        RECORD.write_text(json.dumps(record, indent=1) + "\n")
+        for n, s in record["probes"].items():
+            print(f"{n}: {s['shape']}, {s['tokens_per_batch']} tokens, lr {s['lr']:g}, "
+                  f"dropout {s['dropout']:g}: best valid {s['best_valid_ppl']}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
