@@ -113,6 +113,7 @@ def summary(name: str) -> dict | None:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     config = tomllib.loads((run / "config.toml").read_text())
     valid = [(r["step"], round(r["valid_ppl"], 2)) for r in rows if r.get("valid_ppl")]
+    test = test_ppl(run)
     shape, tokens, lr, dropout, updates = PROBES[name]
     return {
         "command": " ".join(["python", "train.py", *flags(name)]).replace(str(ROOT) + "/", ""),
@@ -122,7 +123,20 @@ def summary(name: str) -> dict | None:
         "finished": rows[-1]["step"] == config["max_updates"],
         "valid_ppl": valid,
         "best_valid_ppl": min(p for _, p in valid) if valid else None,
+        "test_ppl": test,  # of checkpoint_best.pt (exact, the whole split)
     }  # fmt: skip
+
+
+def test_ppl(run: Path) -> float | None:
+    """The best checkpoint's exact test perplexity (evaluate.py, once: kept in test.json)."""
+    cached, checkpoint = run / "test.json", run / "checkpoint_best.pt"
+    if not cached.exists() and checkpoint.exists():
+        command = [sys.executable, "evaluate.py", "perplexity", str(checkpoint), "--split", "test"]
+        out = subprocess.run([*command, "--json"], cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise GcnnError(f"evaluating {checkpoint} failed: {out.stderr.strip()[-300:]}")
+        cached.write_text(out.stdout.strip().splitlines()[-1] + "\n")
+    return round(json.loads(cached.read_text())["perplexity"], 2) if cached.exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         RECORD.write_text(json.dumps(record, indent=1) + "\n")
         for n, s in record["probes"].items():
             print(f"{n}: {s['shape']}, {s['tokens_per_batch']} tokens, lr {s['lr']:g}, "
-                  f"dropout {s['dropout']:g}: best valid {s['best_valid_ppl']}")  # fmt: skip
+                  f"dropout {s['dropout']:g}: best valid {s['best_valid_ppl']}, "
+                  f"test {s['test_ppl']}")  # fmt: skip
     return 0
 
 
