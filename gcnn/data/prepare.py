@@ -142,6 +142,7 @@ def _scan_in_worker(conn, path: Path, start: int, end: int) -> None:
     through `conn`. Signals take their default action here: the parent decides what stops."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent for the fork
     try:
         conn.send((True, _scan(path, start, end)))
     except Exception as err:  # a GcnnError (bad UTF-8 in this half, say) crosses as it is
@@ -156,7 +157,13 @@ def _scan_halves(path: Path, ranges, bar) -> list:
     context = multiprocessing.get_context("fork")  # the worker needs no torch, only numpy
     receive, send = context.Pipe(duplex=False)
     worker = context.Process(target=_scan_in_worker, args=(send, path, *ranges[1]), daemon=True)
-    worker.start()
+    # the stop signals wait until the worker has its own handlers: one arriving in between would
+    # run this process's handler in the worker (a traceback on stderr instead of a quiet end)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        worker.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     send.close()
     try:
         first = _scan(path, *ranges[0], progress=bar)
