@@ -238,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         STUDIES[name].runs(planner, o)
         pending = list(planner.pending.values())[before_pending:]
         seconds, source = estimate(pending, known)
-        timed = [r for r in pending if r.info.get("timed")]
+        timed = [r for r in pending if r.timed]
         side = (
             estimate(timed, known)[0]
-            + estimate([r for r in pending if not r.info.get("timed")], known, threads=1)[0] / jobs
+            + estimate([r for r in pending if not r.timed], known, threads=1)[0] / jobs
         )
         totals = [totals[0] + seconds, totals[1] + side]
         done = len(planner.done) - before_done
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             for run in pending:
                 note = "  [lr: chosen by the sweep]" if run.info.get("placeholder") else ""
-                note += "  [timed: runs alone]" if run.info.get("timed") else ""
+                note += "  [timed: runs alone]" if run.timed else ""
                 print(f"  {run.run_id}: {shlex.join(planner.command(run))}{note}")
     if len(studies) > 1:
         print(

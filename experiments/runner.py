@@ -74,6 +74,16 @@ class Run:
     def is_training(self) -> bool:
         return self.script == "train.py"
 
+    @property
+    def timed(self) -> bool:
+        """Whether a clock can end it (--max-minutes, given or the recipe's): such a run must
+        have the machine to itself, or its budget buys another machine's worth of updates."""
+        if self.info.get("timed"):
+            return True
+        if not self.is_training:
+            return False
+        return train_config([*self.args, "--seed", str(self.seed or 1)]).max_minutes is not None
+
     def spec(self) -> dict:
         """What makes two runs the same run (see `spec_diff`). For training, the settings
         train.py resolves from the flags too: a changed default or recipe file is a new run."""
@@ -199,11 +209,15 @@ class Runner:
             else:
                 missing.append((i, run))
         jobs = 1 if self.options.in_process else max(1, jobs or self.options.jobs)
+        timed = [(i, run) for i, run in missing if run.timed]  # alone, one after another
+        untimed = [(i, run) for i, run in missing if not run.timed]
+        self.jobs_now = 1
+        records.update((i, self.make(run)) for i, run in timed)
         self.jobs_now = jobs
         if jobs == 1:
-            records.update((i, self.make(run)) for i, run in missing)
+            records.update((i, self.make(run)) for i, run in untimed)
         else:
-            records.update(self.make_in_parallel(missing, jobs))
+            records.update(self.make_in_parallel(untimed, jobs))
         for i, run in enumerate(runs):
             if i in records:
                 self.done.setdefault((run.study, run.run_id), run)

@@ -31,9 +31,11 @@ class StudyOptions:
     # NAG without clipping at its own best lr: smaller lrs than the clipped sweep's
     unclipped_lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
     kernels: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # context study
-    # budget study: wall-time budgets (minutes, the trainer's clock) and training-FLOP budgets
-    budget_minutes: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    budget_pflops: list[float] = field(default_factory=lambda: [0.01, 0.02])
+    # budget study: wall-time budgets (minutes, the trainer's clock) and training-FLOP budgets,
+    # each a few minutes' worth and about the default run's 9 minutes (gcnn-small on 2 cores
+    # spends 0.1 PFLOP in about 8 minutes)
+    budget_minutes: list[float] = field(default_factory=lambda: [2.0, 9.0])
+    budget_pflops: list[float] = field(default_factory=lambda: [0.02, 0.1])
     context_tokens: int = 20000  # truncated-history evaluation: first N test tokens
     latency_models: list[str] = field(
         default_factory=lambda: ["gcnn-8b,lstm-2048", "gcnn-small,lstm-small"]

@@ -124,14 +124,24 @@ def test_runs_side_by_side(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.Run, "spec", lambda self: {})
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     r = runner.Runner(runner.Options(records=tmp_path, runs=tmp_path / "runs", jobs=2))
-    runs = [runner.Run("s", f"v{i}", 1, []) for i in range(4)]
+    counted = ["--max-updates", "4"]
+    runs = [runner.Run("s", f"v{i}", 1, counted) for i in range(4)]
     records = r.run(runs)
     assert [x["run_id"] for x in records] == [f"v{i}-s1" for i in range(4)] and peak[0] == 2
     assert all(x["threads"] == max(1, (__import__("os").cpu_count() or 1) // 2) for x in records)
     assert len(list(tmp_path.glob("s/*.json"))) == 4
     peak[0] = 0
-    r.run([runner.Run("s", f"w{i}", 1, []) for i in range(3)], jobs=1)  # timed runs: alone
+    r.run([runner.Run("s", f"w{i}", 1, counted) for i in range(3)], jobs=1)
     assert peak[0] == 1
+    # a run a clock can end (--max-minutes, or the default's 9 minutes) has the machine to
+    # itself even under --jobs 2, whatever the study asked; the others still go two at a time
+    timed = [runner.Run("s", "t1", 1, ["--max-minutes", "1"]), runner.Run("s", "t2", 1, [])]
+    assert all(run.timed for run in timed) and not runs[0].timed
+    peak[0] = 0
+    records = r.run([*timed, runner.Run("s", "c", 1, counted), runner.Run("s", "d", 1, counted)])
+    assert [x["run_id"] for x in records] == ["t1-s1", "t2-s1", "c-s1", "d-s1"]
+    assert [x["threads"] for x in records[:2]] == [None, None]  # None: all the cores
+    assert peak[0] == 2
 
 
 def test_a_divergence_records_where_and_why(tmp_path):
