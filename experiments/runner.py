@@ -213,6 +213,7 @@ class Runner:
         untimed = [(i, run) for i, run in missing if not run.timed]
         self.jobs_now = 1
         records.update((i, self.make(run)) for i, run in timed)
+        jobs = min(jobs, max(1, len(untimed)))  # a lone run (a sweep's next step): all cores
         self.jobs_now = jobs
         if jobs == 1:
             records.update((i, self.make(run)) for i, run in untimed)

@@ -142,6 +142,7 @@ def test_runs_side_by_side(tmp_path, monkeypatch):
     assert [x["run_id"] for x in records] == ["t1-s1", "t2-s1", "c-s1", "d-s1"]
     assert [x["threads"] for x in records[:2]] == [None, None]  # None: all the cores
     assert peak[0] == 2
+    assert r.run([runner.Run("s", "lone", 1, counted)])[0]["threads"] is None  # all the cores
 
 
 def test_a_divergence_records_where_and_why(tmp_path):
