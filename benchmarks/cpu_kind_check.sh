@@ -3,6 +3,8 @@
 # 20 minutes; run it alone on a quiet machine, from a clean tree):
 #   bash benchmarks/cpu_kind_check.sh            # everything
 #   bash benchmarks/cpu_kind_check.sh --no-default   # without the 9-minute default run
+#   bash benchmarks/cpu_kind_check.sh --benches      # only the data, evaluation and sampling
+#                                                    # benchmarks (a few minutes)
 # Writes experiments/records/perf/<cpu kind>/: lscpu.txt, the per-op profiles of the training
 # step against the plain port (both precisions, gcnn-small's and gcnn-8's shapes), the step's
 # speed and MFU (bench_train_step), the precision chooser quiet / busy / poisoned
@@ -21,6 +23,18 @@ out="experiments/records/perf/$kind"
 mkdir -p "$out"
 echo "records in $out"
 { date -u +%FT%TZ; git describe --always --dirty; lscpu; } > "$out/lscpu.txt"
+# the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
+# caching, building a batch, sampling (each output headed by its command and commit)
+bench() {
+  local name=$1; shift
+  { echo "\$ python benchmarks/$name.py $*  ($(date -u +%FT%TZ), $(git describe --always --dirty))"
+    python "benchmarks/$name.py" "$@" 2>&1; } | tee "$out/$name.txt"
+}
+bench bench_perplexity
+bench bench_data
+bench bench_batches
+bench bench_sampling
+if [[ "${1:-}" == "--benches" ]]; then exit 0; fi
 for shape in gcnn-small gcnn-8; do
   python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json" \
     2>&1 | grep -v '^USDT' | tee "$out/profile-$shape.txt"
