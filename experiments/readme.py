@@ -8,8 +8,10 @@ throughout its run, otherwise the load is stated.
 
 from __future__ import annotations
 
-from page import QUIET, load_brief
+from page import QUIET, load_brief, load_of
 from records import describe_machine, test_ppl, valid_ppl
+from stats import arm, cell, verdict
+from studies.budget import budgets
 from studies.default import DEFAULT_MODEL, wall_minutes
 from studies.latency import evaluated, roofline
 
@@ -79,6 +81,36 @@ def latency_rows(records: list[dict]) -> list[list[str]]:
     return rows
 
 
+def budget_rows(records: list[dict]) -> list[list[str]]:
+    """GCNN against LSTM at the largest budget of each kind (time, FLOPs), every seed's run
+    ending its own schedule there: both families' test perplexity and the verdict."""
+    rows = []
+    grouped = budgets(records)
+    for (kind, amount), by_family in grouped.items():
+        if amount != max(a for k, a in grouped if k == kind):
+            continue
+        if not {"gcnn", "lstm"} <= set(by_family):
+            continue
+        g, lstm = by_family["gcnn"], by_family["lstm"]
+        unit, suffix = ("min", "min") if kind == "time" else ("PFLOP", "pflop")
+        what = f"{amount:g} {unit}"
+        highs = [load_of(r)[0] for r in g + lstm]
+        load = "load not recorded" if None in highs else (
+            "quiet" if max(highs) < QUIET else f"load ≤ {max(highs):.1f}"
+        )  # fmt: skip
+        rows.append(
+            [
+                f"gcnn-small vs the parameter-matched LSTM, {what} of training, each schedule "
+                f"ending there (test ppl, {len(g)} and {len(lstm)} seeds)",
+                "`python experiments/run.py budget`",
+                f"{cell(g)} vs {cell(lstm)}; {verdict(arm('GCNN', g), arm('LSTM', lstm))}",
+                load,
+                f"`budget/gcnn-{amount:g}{suffix}-s*`, `budget/lstm-{amount:g}{suffix}-s*`",
+            ]
+        )
+    return rows
+
+
 def block(by_study: dict[str, list[dict]]) -> str:
     """The generated table (BEGIN and END included)."""
     rows = []
@@ -92,6 +124,7 @@ def block(by_study: dict[str, list[dict]]) -> str:
         for r in sorted(by_study.get(study, []), key=lambda r: r["seed"]):
             if r["variant"] == variant and test_ppl(r):
                 rows.append(training_row(what, r))
+    rows += budget_rows(by_study.get("budget", []))
     rows += latency_rows(by_study.get("latency", []))
     lines = [
         BEGIN,

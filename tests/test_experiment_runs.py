@@ -105,6 +105,19 @@ def test_the_new_sections_and_plots(new_studies, tmp_path):
     assert "## 9. GCNN against LSTM at equal budgets" in page and "- 0.01 min: GCNN < LSTM" in page
 
 
+def test_readme_names_the_largest_budgets_verdicts(new_studies):
+    """README's table: GCNN vs LSTM at the largest time and FLOP budgets, with the verdict."""
+    import readme
+    from records import load_records
+
+    _, root = new_studies
+    rows = readme.budget_rows(load_records(root / "records", "budget"))
+    named = sorted(row[0].split(", ")[1] for row in rows)  # only the largest of each kind
+    assert named == ["0.02 min of training", "2e-09 PFLOP of training"]
+    figures = " ".join(row[2] for row in rows)
+    assert figures.count("GCNN < LSTM") == 2 and "paired seeds" in figures
+
+
 def test_runs_side_by_side(tmp_path, monkeypatch):
     """--jobs 2: two runs of one stage at once, each record written as it finishes."""
     import runner
