@@ -15,7 +15,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from gcnn.machine import cpu_flags, cpu_model
+from gcnn.machine import cpu_family_model, cpu_flags, cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "experiments" / "records"
@@ -93,6 +93,7 @@ def machine() -> dict:
 
     info = {
         "cpu": cpu_model(),
+        "cpu_kind": cpu_family_model(),  # "family 25 model 17": the model name may not tell
         "cores": os.cpu_count(),
         "cpu_bf16": bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags())),
         "torch": torch.__version__,
@@ -184,6 +185,7 @@ def describe_machine(m: dict) -> str:
     threads = m.get("threads")
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
     return (
-        f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores{', bf16' if m.get('cpu_bf16') else ''}),"
+        f"{m.get('cpu', '?')}{', ' + m['cpu_kind'] if m.get('cpu_kind') else ''} "
+        f"({m.get('cores', '?')} cores{', bf16' if m.get('cpu_bf16') else ''}),"
         f" torch {m.get('torch', '?')}, {threads} thread{'s' if threads != 1 else ''}{gpu}"
     )

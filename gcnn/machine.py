@@ -47,6 +47,25 @@ def cpu_model() -> str:
     return _cpuinfo()[0]
 
 
+def cpu_family_model() -> str | None:
+    """ "family F model M" from /proc/cpuinfo: a VM may name its CPU only "AMD EPYC", which
+    covers Zen 4 (family 25 model 17) and Zen 5 (family 26), as different as two machines get."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("cpu family", "model") and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        return None
+    if "cpu family" not in fields or "model" not in fields:
+        return None
+    return f"family {fields['cpu family']} model {fields['model']}"
+
+
 def cpu_flags() -> list[str]:
     """The CPU's bf16 and AMX flags: what decides which fast paths torch can take here."""
     return sorted(f for f in _cpuinfo()[1] if "bf16" in f or f.startswith("amx"))

@@ -90,6 +90,7 @@ def test_new_records_carry_load_commit_and_no_absolute_path(new_studies):
     assert load["samples"] >= 2 and load["max"] >= max(load["start"], load["end"]) - 1e-9
     assert r["load_average"] == [load["start"], load["end"]]
     assert set(r["git"]) == {"commit", "dirty"}
+    assert "cpu_kind" in r["machine"]  # "family F model M" where /proc/cpuinfo says (Linux)
     text = json.dumps(r)
     assert str(ROOT) + "/" not in text  # inside the repository: written relative to it
 
