@@ -13,7 +13,12 @@ NAME = "long"
 TITLE = "7. The longer CPU recipe (at most 60 minutes)"
 GOAL = (100, 60)
 REFERENCE = "Grave et al. 2017 report 99.3 for their LSTM on WikiText-2."
-CONFIGS = {"gcnn": "experiments/wt2_gcnn_long.toml", "lstm": "experiments/wt2_lstm_long.toml"}
+# variant (the record's name) -> (family, recipe). A tuned recipe is a new variant beside the one it
+# was tuned from, so the records of both stay readable.
+CONFIGS = {
+    "gcnn": ("gcnn", "experiments/wt2_gcnn_long.toml"),
+    "lstm": ("lstm", "experiments/wt2_lstm_long.toml"),
+}
 
 
 def runs(runner: Runner, o: StudyOptions) -> None:
@@ -21,13 +26,14 @@ def runs(runner: Runner, o: StudyOptions) -> None:
     data = [] if o.data == "wikitext-2" else ["--data", o.data]
     runs = []
     for s in seeds(o, default=1):
-        for family, config in CONFIGS.items():
+        for variant, (family, config) in CONFIGS.items():
             args = ["--config", config, *data, *user_budget(o), *for_family(o.extra, family)]
             label = shlex.join(["python", "train.py", *args])
             info = {"family": family, "config": config}
-            runs.append(Run("long", family, s, args, label=label, info=info))
+            runs.append(Run("long", variant, s, args, label=label, info=info))
     runner.run(selected(o, runs))
 
 
 def section(records: list[dict], plots: dict) -> list[str]:
-    return section_runs(TITLE, NAME, records, default_target(records, *GOAL, REFERENCE))
+    target = default_target(records, *GOAL, REFERENCE, families=("gcnn", "lstm"))
+    return section_runs(TITLE, NAME, records, target)
