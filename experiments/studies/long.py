@@ -13,12 +13,7 @@ NAME = "long"
 TITLE = "7. The longer CPU recipe (at most 60 minutes)"
 GOAL = (100, 60)
 REFERENCE = "Grave et al. 2017 report 99.3 for their LSTM on WikiText-2."
-# variant (the record's name) -> (family, recipe). A tuned recipe is a new variant beside the one it
-# was tuned from, so the records of both stay readable.
-CONFIGS = {
-    "gcnn": ("gcnn", "experiments/wt2_gcnn_long.toml"),
-    "lstm": ("lstm", "experiments/wt2_lstm_long.toml"),
-}
+CONFIGS = {"gcnn": "experiments/wt2_gcnn_long.toml", "lstm": "experiments/wt2_lstm_long.toml"}
 
 
 def runs(runner: Runner, o: StudyOptions) -> None:
@@ -26,11 +21,11 @@ def runs(runner: Runner, o: StudyOptions) -> None:
     data = [] if o.data == "wikitext-2" else ["--data", o.data]
     runs = []
     for s in seeds(o, default=1):
-        for variant, (family, config) in CONFIGS.items():
+        for family, config in CONFIGS.items():
             args = ["--config", config, *data, *user_budget(o), *for_family(o.extra, family)]
             label = shlex.join(["python", "train.py", *args])
             info = {"family": family, "config": config}
-            runs.append(Run("long", variant, s, args, label=label, info=info))
+            runs.append(Run("long", family, s, args, label=label, info=info))
     runner.run(selected(o, runs))
 
 
