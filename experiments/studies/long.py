@@ -13,7 +13,12 @@ NAME = "long"
 TITLE = "7. The longer CPU recipe (at most 60 minutes)"
 GOAL = (100, 60)
 REFERENCE = "Grave et al. 2017 report 99.3 for their LSTM on WikiText-2."
-CONFIGS = {"gcnn": "experiments/wt2_gcnn_long.toml", "lstm": "experiments/wt2_lstm_long.toml"}
+# variant -> (family, recipe): each family's recipe, and the tunings tried from it beside it
+CONFIGS = {
+    "gcnn": ("gcnn", "experiments/wt2_gcnn_long.toml"),
+    "lstm": ("lstm", "experiments/wt2_lstm_long.toml"),
+    "lstm-wide": ("lstm", "experiments/wt2_lstm_long_wide.toml"),
+}
 
 
 def runs(runner: Runner, o: StudyOptions) -> None:
@@ -21,11 +26,11 @@ def runs(runner: Runner, o: StudyOptions) -> None:
     data = [] if o.data == "wikitext-2" else ["--data", o.data]
     runs = []
     for s in seeds(o, default=1):
-        for family, config in CONFIGS.items():
+        for variant, (family, config) in CONFIGS.items():
             args = ["--config", config, *data, *user_budget(o), *for_family(o.extra, family)]
             label = shlex.join(["python", "train.py", *args])
             info = {"family": family, "config": config}
-            runs.append(Run("long", family, s, args, label=label, info=info))
+            runs.append(Run("long", variant, s, args, label=label, info=info))
     runner.run(selected(o, runs))
 
 
