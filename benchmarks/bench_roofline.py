@@ -139,7 +139,8 @@ def sentence_work(model, length: int) -> list[tuple[str, float, float]]:
     head = d * softmax.head.out_features
     body_flops = length * (model.flops_per_token(full_softmax=False) - 2 * head)
     softmax_ids = {id(p) for p in softmax.parameters()}
-    embed = model.embed.weight.numel()  # a lookup reads `length` rows, not the table
+    # a lookup reads `length` rows, not the table (a tied table is the softmax's, counted there)
+    embed = model.embed.weight.numel() if isinstance(model.embed, torch.nn.Embedding) else 0
     body_weights = sum(p.numel() for p in model.parameters() if id(p) not in softmax_ids) - embed
     parts = [("network", body_flops, body_weights), ("head", 2.0 * length * head, head)]
     probs = word_rank_probs(softmax.vocab_size)

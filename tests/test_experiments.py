@@ -210,7 +210,7 @@ def test_every_study_writes_one_record_per_run(studies):
     default, long = records_of(root, "default"), records_of(root, "long")
     assert sorted(default) == [f"{v}-s{s}" for v in ("gcnn-8-small", "lstm-small") for s in (1, 2)]
     assert default["gcnn-8-small-s1"]["done"]["process_s"] > 0
-    assert sorted(long) == [f"{v}-s{s}" for v in ("gcnn", "lstm", "lstm-wide") for s in (1, 2)]
+    assert sorted(long) == [f"{v}-s{s}" for v in ("gcnn", "lstm", "lstm-tied") for s in (1, 2)]
     assert long["gcnn-s1"]["config"]["model_args"]["embed_dim"] == 16  # flags over the recipe
     assert long["gcnn-s1"]["config"]["dropout"] == 0.35  # ... the rest from the recipe
 

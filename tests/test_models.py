@@ -332,7 +332,10 @@ def learnable_stream(vocab: int, length: int, seed: int = 0) -> torch.Tensor:
     "name,overrides",
     [("gcnn-small", {"gating": g}) for g in GATINGS]
     + [("gcnn-8b", {}), ("gcnn-small", {"weight_norm": False}), ("lstm-small", {})]
-    + [("lstm-2048", {})],
+    + [("lstm-2048", {})]
+    + [
+        (name, {"tie_embeddings": True, "softmax_dim": 16}) for name in ("gcnn-small", "lstm-small")
+    ],
 )
 def test_loss_falls(name, overrides):
     vocab = 40

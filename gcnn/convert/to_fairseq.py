@@ -62,6 +62,11 @@ def to_fairseq(ckpt_path: str | Path, out_dir: str | Path) -> Exported:
             f"{name} gates with {config['gating']}; fairseq's fconv_lm has GLU only, so it "
             "cannot hold this model"
         )
+    if config.get("tie_embeddings"):
+        raise GcnnError(
+            f"{name} ties its embeddings to the adaptive softmax; this export writes fairseq's "
+            "fconv_lm with untied ones"
+        )
     words = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
     symbols, source = fairseq_symbols(words, tokenizer.eos_id, tokenizer.unk_id)
     cutoffs = list(model.softmax.cutoffs)

@@ -161,6 +161,26 @@ class AdaptiveSoftmax(nn.Module):
             parts.append(cluster + self._log_softmax(tail(hidden)))
         return torch.cat(parts, dim=-1)
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input word vectors (..., in_features) read from this layer's own weights (tied).
+
+        A head word's vector is its row of the head classifier (Press & Wolf 2017). A word of tail
+        i uses its row of the tail's output matrix, d / tail_factor**(i+1) wide, mapped back to d
+        by the tail's projection transposed: adaptive input representations tied to the adaptive
+        softmax (Baevski & Auli 2019), so rare words get narrow vectors shared with the output.
+        Every tail is computed for every token and each token's own cluster selected, so nothing
+        depends on how many tokens fall in a cluster (no device synchronisation); the tails are
+        narrow, so the waste is small.
+        """
+        x = F.embedding(ids.clamp(max=self.shortlist - 1), self.head.weight)
+        for i, tail in enumerate(self.tails):
+            lo, hi = self.bounds[i], self.bounds[i + 1]
+            words = F.embedding((ids - lo).clamp(0, hi - lo - 1), tail[2].weight)
+            vectors = words @ tail[0].weight.to(words.dtype)
+            inside = ((ids >= lo) & (ids < hi)).unsqueeze(-1)
+            x = torch.where(inside, vectors.to(x.dtype), x)
+        return x
+
     def plan(self, targets) -> SoftmaxPlan:
         """Which rows each cluster needs for `targets`, worked out on the host (see SoftmaxPlan).
 
@@ -226,3 +246,22 @@ class AdaptiveSoftmax(nn.Module):
                     m.in_features * m.out_features for m in tail if hasattr(m, "in_features")
                 )
         return flops
+
+
+class TiedEmbedding(nn.Module):
+    """A model's input embedding that is its adaptive softmax's weights (`AdaptiveSoftmax.embed`).
+
+    It owns no parameters: the softmax is held outside the module tree (in a tuple), so the
+    shared weights are counted, saved and optimised once, as the softmax's.
+    """
+
+    def __init__(self, softmax: AdaptiveSoftmax):
+        super().__init__()
+        self._softmax = (softmax,)
+        self.embedding_dim = softmax.in_features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._softmax[0].embed(ids)
+
+    def extra_repr(self) -> str:
+        return f"tied to the adaptive softmax, embedding_dim={self.embedding_dim}"

@@ -14,13 +14,15 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from gcnn.data import IGNORE_INDEX
-from gcnn.models.adaptive_softmax import AdaptiveSoftmax
+from gcnn.errors import GcnnError
+from gcnn.models.adaptive_softmax import AdaptiveSoftmax, TiedEmbedding
 
 
 class LanguageModel(nn.Module):
     family: str = ""
     is_recurrent: bool = False
     softmax: nn.Module
+    embed: nn.Module  # ids -> word vectors: an nn.Embedding, or a TiedEmbedding
 
     @property
     def receptive_field(self) -> int | None:
@@ -31,15 +33,27 @@ class LanguageModel(nn.Module):
         return dataclasses.asdict(self.config)
 
     def make_softmax(self, in_features: int) -> AdaptiveSoftmax:
-        """The output layer both families share, from the config's softmax fields."""
+        """The output layer both families share, from the config's softmax fields.
+
+        With `tie_embeddings` it also becomes the input embedding (`self.embed`, a TiedEmbedding),
+        which needs word vectors as wide as the softmax's input (config.softmax_input).
+        """
         c = self.config
-        return AdaptiveSoftmax(
+        if c.tie_embeddings and in_features != c.embed_dim:
+            raise GcnnError(
+                f"model option tie_embeddings needs embed_dim={c.embed_dim} equal to the "
+                f"softmax's input size softmax_dim={in_features}; leave softmax_dim unset"
+            )
+        softmax = AdaptiveSoftmax(
             in_features,
             c.vocab_size,
             c.cutoffs,
             dropout=c.softmax_dropout,
             tail_factor=c.tail_factor,
         )
+        if c.tie_embeddings:
+            self.embed = TiedEmbedding(softmax)
+        return softmax
 
     def init_state(self, batch_size: int, device=None):
         raise NotImplementedError

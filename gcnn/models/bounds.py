@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from gcnn.errors import GcnnError
 from gcnn.memory import gb, require_memory
-from gcnn.models.config import GATED, GCNNConfig, LSTMConfig
+from gcnn.models.config import GATED, GCNNConfig, LSTMConfig, softmax_input
 
 # The paper's deepest model (GCNN-14B) has 40 convolutions; 25 times that is no model anyone
 # trains here, and each layer costs its Python objects even on the meta device.
@@ -50,9 +50,10 @@ def rough_parameters(cfg: GCNNConfig | LSTMConfig) -> int:
                 body += kernel * width * channels * (2 if cfg.gating in GATED else 1)
                 width = channels
         out = width
-    d = cfg.softmax_dim or out
+    d = softmax_input(cfg, out)
     first_tail = d * (d // cfg.tail_factor) if cfg.cutoffs else 0
-    return v * e + body + d * v + first_tail
+    table = 0 if cfg.tie_embeddings else v * e  # tied: the softmax's weights are the table
+    return table + body + d * v + first_tail
 
 
 def check_structure(cfg: GCNNConfig | LSTMConfig) -> None:

@@ -93,7 +93,11 @@ class GCNNConfig:
     # the same width; with match_params every width is scaled by sqrt(2) to make up for it.
     match_params: bool = True
     weight_norm: bool = True
-    softmax_dim: int | None = None  # adaptive-softmax input size; None: the last block's width
+    # adaptive-softmax input size; None: the last block's width (embed_dim if tie_embeddings)
+    softmax_dim: int | None = None
+    # Input word vectors read from the adaptive softmax's weights (AdaptiveSoftmax.embed): not in
+    # the paper; the softmax's input must be embed_dim wide (a projection is added if need be).
+    tie_embeddings: bool = False
     name: str = "custom"
     family: str = "gcnn"
 
@@ -112,6 +116,7 @@ class GCNNConfig:
             )
         _check_bool("match_params", self.match_params)
         _check_bool("weight_norm", self.weight_norm)
+        _check_bool("tie_embeddings", self.tie_embeddings)
         if self.softmax_dim is not None:
             _check_int("softmax_dim", self.softmax_dim)
 
@@ -141,7 +146,9 @@ class LSTMConfig:
     dropout: float = 0.2  # embeddings, between layers, and the LSTM output
     softmax_dropout: float = 0.0
     tail_factor: int = 4
-    softmax_dim: int | None = None  # None: the LSTM's output size (proj_size or hidden_size)
+    # None: the LSTM's output size (proj_size or hidden_size; embed_dim if tie_embeddings)
+    softmax_dim: int | None = None
+    tie_embeddings: bool = False  # as GCNNConfig's
     name: str = "custom"
     family: str = "lstm"
 
@@ -162,9 +169,18 @@ class LSTMConfig:
         _check_int("tail_factor", self.tail_factor)
         if self.softmax_dim is not None:
             _check_int("softmax_dim", self.softmax_dim)
+        _check_bool("tie_embeddings", self.tie_embeddings)
 
 
 CONFIGS = {"gcnn": GCNNConfig, "lstm": LSTMConfig}
+
+
+def softmax_input(config: GCNNConfig | LSTMConfig, out: int) -> int:
+    """The adaptive softmax's input size for a network whose output is `out` wide: softmax_dim,
+    else the embeddings' width when they are tied to the softmax, else `out` (no projection)."""
+    if config.softmax_dim:
+        return config.softmax_dim
+    return config.embed_dim if config.tie_embeddings else out
 
 
 def make_config(config: dict) -> GCNNConfig | LSTMConfig:

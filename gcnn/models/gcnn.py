@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from gcnn.models.base import LanguageModel
 from gcnn.models.blocks import GatedConvBlock, make_linear
-from gcnn.models.config import GCNNConfig
+from gcnn.models.config import GCNNConfig, softmax_input
 from gcnn.models.dropout import Dropout
 
 
@@ -27,8 +27,9 @@ class GatedConvLM(LanguageModel):
         super().__init__()
         self.config = config
         layers = config.layers()
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
-        nn.init.normal_(self.embed.weight, mean=0.0, std=0.1)
+        if not config.tie_embeddings:  # else make_softmax makes self.embed
+            self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+            nn.init.normal_(self.embed.weight, mean=0.0, std=0.1)
         self.dropout = Dropout(config.dropout)
         width = layers[0][0][1]
         self.fc_in = make_linear(config.embed_dim, width, config.dropout, config.weight_norm)
@@ -39,7 +40,7 @@ class GatedConvLM(LanguageModel):
             )
             self.blocks.append(block)
             width = block.out_channels
-        softmax_dim = config.softmax_dim or width
+        softmax_dim = softmax_input(config, width)
         self.fc_out = None
         if softmax_dim != width:
             self.fc_out = make_linear(width, softmax_dim, config.dropout, config.weight_norm)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from gcnn.models.base import LanguageModel
-from gcnn.models.config import LSTMConfig
+from gcnn.models.config import LSTMConfig, softmax_input
 from gcnn.models.dropout import Dropout
 
 
@@ -25,8 +25,9 @@ class LSTMLM(LanguageModel):
     def __init__(self, config: LSTMConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
-        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        if not config.tie_embeddings:  # else make_softmax makes self.embed
+            self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
+            nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         self.dropout = Dropout(config.dropout)
         self.lstm = nn.LSTM(
             config.embed_dim,
@@ -44,7 +45,7 @@ class LSTMLM(LanguageModel):
                 with torch.no_grad():
                     param[h : 2 * h].fill_(1.0)
         out_dim = config.proj_size or config.hidden_size
-        softmax_dim = config.softmax_dim or out_dim
+        softmax_dim = softmax_input(config, out_dim)
         self.fc_out = nn.Linear(out_dim, softmax_dim) if softmax_dim != out_dim else None
         self.softmax = self.make_softmax(softmax_dim)
 
