@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -210,7 +211,9 @@ def test_every_study_writes_one_record_per_run(studies):
     default, long = records_of(root, "default"), records_of(root, "long")
     assert sorted(default) == [f"{v}-s{s}" for v in ("gcnn-8-small", "lstm-small") for s in (1, 2)]
     assert default["gcnn-8-small-s1"]["done"]["process_s"] > 0
-    assert sorted(long) == [f"{v}-s{s}" for v in ("gcnn", "lstm", "lstm-tied") for s in (1, 2)]
+    assert sorted(long) == sorted(
+        f"{v}-s{s}" for v in ("gcnn", "lstm", "lstm-dropout0.3") for s in (1, 2)
+    )
     assert long["gcnn-s1"]["config"]["model_args"]["embed_dim"] == 16  # flags over the recipe
     assert long["gcnn-s1"]["config"]["dropout"] == 0.35  # ... the rest from the recipe
 
@@ -321,6 +324,17 @@ def test_results_page_from_the_records(studies, tmp_path):
     assert "95% interval" in page and "- Fig. 3: ReLU ≈ GTU: " in page
     assert "- Machine: " in page and "- Budget: 4 updates of 64 tokens per run" in page
     assert "--data wikitext-103 --model gcnn-8" in page  # the full-scale command
+    # the longer recipes: one sentence per recipe, both families, against the goal of 100
+    long = page[page.index("## 7. The longer CPU recipe") :]
+    for recipe in ("wt2_gcnn_long", "wt2_lstm_long", "wt2_lstm_long_dropout03"):
+        sentence = (
+            rf"`python train.py --config experiments/{recipe}\.toml [^`]*`: test perplexity "
+            r"([\d.]+) in [\d.]+ min \(mean of 2 seeds\), against the goal of ≤ 100 within 60 "
+            r"minutes: (met|not met)\."
+        )
+        found = re.search(sentence, long)
+        assert found, recipe
+        assert (found[2] == "met") == (float(found[1]) <= 100)
     assert (
         "history k" in page and "Learning-rate sweep" in page and "NAG learning-rate sweep" in page
     )

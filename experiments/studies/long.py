@@ -17,7 +17,7 @@ REFERENCE = "Grave et al. 2017 report 99.3 for their LSTM on WikiText-2."
 CONFIGS = {
     "gcnn": ("gcnn", "experiments/wt2_gcnn_long.toml"),
     "lstm": ("lstm", "experiments/wt2_lstm_long.toml"),
-    "lstm-tied": ("lstm", "experiments/wt2_lstm_long_tied.toml"),
+    "lstm-dropout0.3": ("lstm", "experiments/wt2_lstm_long_dropout03.toml"),
 }
 
 
