@@ -119,6 +119,7 @@ def block(by_study: dict[str, list[dict]]) -> str:
         ("default", "lstm-small"): "the LSTM baseline, same time budget",
         ("long", "gcnn"): "the longer CPU recipe",
         ("long", "lstm"): "the longer LSTM recipe",
+        ("long", "lstm-dropout0.3"): "the longer LSTM recipe at dropout 0.3",
     }
     for (study, variant), what in named.items():
         for r in sorted(by_study.get(study, []), key=lambda r: r["seed"]):
