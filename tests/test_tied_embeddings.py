@@ -5,6 +5,7 @@ forward pass, trained, saved and loaded back."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def test_input_vectors_are_the_softmax_weights_held_once(name):
     assert not any(n.startswith("embed.") for n in model.state_dict())
     untied = tiny(name, softmax_dim=12)
     assert untied.num_parameters() - model.num_parameters() == V * 12
+    copied = copy.deepcopy(model)  # evaluate.py latency copies models: the tie survives
+    assert copied.embed._softmax[0] is copied.softmax is not softmax
 
 
 @pytest.mark.parametrize("name", NAMES)
