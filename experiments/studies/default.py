@@ -71,7 +71,7 @@ def section_runs(title: str, study: str, records: list[dict], target: str) -> li
                 str(r["seed"]),
                 wall,
                 f"{d['updates']:,}",
-                f"{d['tokens'] / 1e6:.2f}M ({d['epochs'] or 0:.2f} ep.)",
+                f"{d['tokens']:,} ({d['epochs'] or 0:.2f} ep.)",  # exactly as recorded
                 f"{valid_ppl(r):.2f}" if valid_ppl(r) else "–",
                 f"{test_ppl(r):.2f}" if test_ppl(r) else "–",
                 load_brief(r),
