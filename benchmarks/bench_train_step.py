@@ -42,6 +42,7 @@ from plain_port import plain_port  # noqa: E402
 # receptive_field - 1 tokens of unscored context, as in training
 SHAPES = {
     "gcnn-small": ("gcnn-small", 16, 256, "adamw"),
+    "gcnn-8-small": ("gcnn-8-small", 8, 256, "adamw"),  # train.py's default, as it runs it
     "gcnn-8": ("gcnn-8", 8, 256, "nag"),
     # GPU scale (benchmarks/gpu_check.sh): fairseq's 1024-token blocks, WikiText-103's vocabulary
     "gcnn-14": ("gcnn-14", 4, 1024, "nag"),

@@ -1,6 +1,6 @@
 """How the default run's recipe was chosen (issue 21): probes at the slowest CPU's budget.
 
-    python experiments/recipe_probes.py speed        # tokens/s of each probe's model, quiet
+    python experiments/recipe_probes.py speed [SHAPE..] [--speed-record NAME]  # tokens/s, quiet
     python experiments/recipe_probes.py run [NAME..]  # the probes, 2 at a time, 1 thread each
     python experiments/recipe_probes.py record        # -> experiments/records/recipe/probes.json
 
@@ -36,12 +36,21 @@ SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); to
     "gcnn-small": [],
     "6x192": ["--model-arg", "blocks=[{layers=[[4,192]],repeat=6}]"],
     "8x128": ["--model-arg", "blocks=[{layers=[[4,128]],repeat=8}]"],
+    # the second round (records/recipe/speed-2.json): what changes the step's speed as well as what
+    # it learns per token; dropout's masks are 9% of 8x128's bf16 step (profile_train_step.py)
+    "8x128-d0": ["--model", "gcnn-8-small", "--dropout", "0"],
+    "8x128-tied": ["--model", "gcnn-8-small", "--model-arg", "tie_embeddings=true"],
+    "8x96": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[4,96]],repeat=8}]"],
 }
+# The probes' dropout is their own flag; a shape's speed is measured at the probes' 0.1 unless
+# its flags say otherwise.
 # name: (shape, tokens per update, lr, dropout, updates). The updates: SLOW_TOKENS (or FAST_TOKENS)
 # x the shape's tokens/s over gcnn-small's, / the tokens per update. P7 and P8 used ratios of a
 # short first timing (1.55, 2.18); `speed`, measured quiet afterwards, gives 1.44 and 1.74
 # (records/recipe/speed.json), so they had 8% and 25% more tokens than the slow CPU would give
-# them; fast-P8 uses 1.74. P9 and P10 were stopped after 2 of their 4 epochs.
+# them; fast-P8 uses 1.74. P9 and P10 were stopped after 2 of their 4 epochs. The second round
+# (P11 on) uses the ratios of speed-2.json, measured in one run; P11 is the default at the slow
+# CPU's budget as measured, not P8's 25% more.
 PROBES = {
     "P1": ("gcnn-small", 2048, 0.01, 0.2, 1880),
     "P2": ("gcnn-small", 2048, 0.01, 0.1, 1880),
@@ -54,11 +63,26 @@ PROBES = {
     "P9": ("8x128", 2048, 0.03, 0.1, 4100),
     "P10": ("8x128", 2048, 0.04, 0.1, 4100),
     "fast-P8": ("8x128", 2048, 0.02, 0.1, 7896),  # the Zen 5's budget for the chosen recipe
+    # second round, each at the slow CPU's budget for its shape ("slow": slow_updates)
+    "P11": ("8x128", 2048, 0.02, 0.1, "slow"),  # the default recipe as it is
+    "P12": ("8x128-d0", 2048, 0.02, 0.0, "slow"),
+    "P13": ("8x128-tied", 2048, 0.02, 0.1, "slow"),
+    "P14": ("8x96", 2048, 0.02, 0.1, "slow"),
 }
 
 
-def flags(name: str) -> list[str]:
+def probe(name: str) -> tuple:
+    """PROBES[name] with "slow" resolved: the updates of its tokens that the slow CPU's 9 minutes
+    give its shape, by the ratio to gcnn-small measured in one run (speed-2.json)."""
     shape, tokens, lr, dropout, updates = PROBES[name]
+    if updates == "slow":
+        ratio = json.loads((RECORD.parent / "speed-2.json").read_text())["ratio"][shape]
+        updates = round(SLOW_TOKENS * ratio / tokens)
+    return shape, tokens, lr, dropout, updates
+
+
+def flags(name: str) -> list[str]:
+    shape, tokens, lr, dropout, updates = probe(name)
     return [
         "--model", "gcnn-small", *SHAPES[shape], "--tokens-per-batch", str(tokens),
         "--lr", f"{lr:g}", "--dropout", f"{dropout:g}", "--max-updates", str(updates),
@@ -71,15 +95,17 @@ def train(args: list[str], threads: int | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env)
 
 
-def speed() -> dict:
-    """Tokens/s of each shape at 2,048 tokens per update, one after the other, both cores."""
+def speed(shapes: list[str]) -> dict:
+    """Tokens/s of gcnn-small and each shape at 2,048 tokens per update, one after the other,
+    both cores."""
     out = {}
     meter = LoadMeter().start()
     with reported_load():
-        for shape, extra in SHAPES.items():
+        for shape in dict.fromkeys(["gcnn-small", *shapes]):
+            extra = SHAPES[shape]
             run = RUNS / f"speed-{shape}"
             shutil.rmtree(run, ignore_errors=True)
-            args = ["--model", "gcnn-small", *extra, "--max-updates", "60", "--log-every", "20",
+            args = ["--model", "gcnn-small", *extra, "--max-updates", "120", "--log-every", "20",
                     "--valid-tokens", "1000", "--tokens-per-batch", "2048", "--precision", "bf16",
                     "--no-progress", "--out", str(run)]  # fmt: skip
             if train(args).wait() != 0:
@@ -114,7 +140,7 @@ def summary(name: str) -> dict | None:
     config = tomllib.loads((run / "config.toml").read_text())
     valid = [(r["step"], round(r["valid_ppl"], 2)) for r in rows if r.get("valid_ppl")]
     test = test_ppl(run)
-    shape, tokens, lr, dropout, updates = PROBES[name]
+    shape, tokens, lr, dropout, updates = probe(name)
     return {
         "command": " ".join(["python", "train.py", *flags(name)]).replace(str(ROOT) + "/", ""),
         "shape": shape,
@@ -142,11 +168,17 @@ def test_ppl(run: Path) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "run", "record"])
-    p.add_argument("names", nargs="*", help=f"probes to run (default: all): {', '.join(PROBES)}")
+    p.add_argument("names", nargs="*", help=f"probes to run (default: all): {', '.join(PROBES)}; "
+                   f"or, for speed, shapes (default: all): {', '.join(SHAPES)}")  # fmt: skip
+    p.add_argument("--speed-record", default="speed", help="speed: records/recipe/NAME.json")
     a = p.parse_args(argv)
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     if a.what == "speed":
-        (RECORD.parent / "speed.json").write_text(json.dumps(speed(), indent=1) + "\n")
+        unknown = set(a.names) - set(SHAPES)
+        if unknown:
+            raise GcnnError(f"unknown shape(s) {sorted(unknown)}; choose from {', '.join(SHAPES)}")
+        result = speed(a.names or list(SHAPES))
+        (RECORD.parent / f"{a.speed_record}.json").write_text(json.dumps(result, indent=1) + "\n")
     elif a.what == "run":
         unknown = set(a.names) - set(PROBES)
         if unknown:
