@@ -44,13 +44,13 @@ SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); to
 }
 # The probes' dropout is their own flag; a shape's speed is measured at the probes' 0.1 unless
 # its flags say otherwise.
-# name: (shape, tokens per update, lr, dropout, updates). The updates: SLOW_TOKENS (or FAST_TOKENS)
-# x the shape's tokens/s over gcnn-small's, / the tokens per update. P7 and P8 used ratios of a
-# short first timing (1.55, 2.18); `speed`, measured quiet afterwards, gives 1.44 and 1.74
-# (records/recipe/speed.json), so they had 8% and 25% more tokens than the slow CPU would give
-# them; fast-P8 uses 1.74. P9 and P10 were stopped after 2 of their 4 epochs. The second round
-# (P11 on) uses the ratios of speed-2.json, measured in one run; P11 is the default at the slow
-# CPU's budget as measured, not P8's 25% more.
+# name: (shape, tokens per update, lr, dropout, updates[, other flags]). The updates: SLOW_TOKENS
+# (or FAST_TOKENS) x the shape's tokens/s over gcnn-small's, / the tokens per update. P7 and P8 used
+# ratios of a short first timing (1.55, 2.18); `speed`, measured quiet afterwards, gives 1.44 and
+# 1.74 (records/recipe/speed.json), so they had 8% and 25% more tokens than the slow CPU would give
+# them; fast-P8 uses 1.74. P9 and P10 were stopped after 2 of their 4 epochs. The second round (P11
+# on) uses the ratios of speed-2.json, measured in one run; P11 is the default at the slow CPU's
+# budget as measured, not P8's 25% more.
 PROBES = {
     "P1": ("gcnn-small", 2048, 0.01, 0.2, 1880),
     "P2": ("gcnn-small", 2048, 0.01, 0.1, 1880),
@@ -68,13 +68,15 @@ PROBES = {
     "P12": ("8x128-d0", 2048, 0.02, 0.0, "slow"),
     "P13": ("8x128-tied", 2048, 0.02, 0.1, "slow"),
     "P14": ("8x96", 2048, 0.02, 0.1, "slow"),
+    "P15": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.1"]),  # AdamW's is 0.01
+    "P16": ("8x128", 2048, 0.02, 0.2, "slow"),
 }
 
 
 def probe(name: str) -> tuple:
     """PROBES[name] with "slow" resolved: the updates of its tokens that the slow CPU's 9 minutes
     give its shape, by the ratio to gcnn-small measured in one run (speed-2.json)."""
-    shape, tokens, lr, dropout, updates = PROBES[name]
+    shape, tokens, lr, dropout, updates = PROBES[name][:5]
     if updates == "slow":
         ratio = json.loads((RECORD.parent / "speed-2.json").read_text())["ratio"][shape]
         updates = round(SLOW_TOKENS * ratio / tokens)
@@ -86,6 +88,7 @@ def flags(name: str) -> list[str]:
     return [
         "--model", "gcnn-small", *SHAPES[shape], "--tokens-per-batch", str(tokens),
         "--lr", f"{lr:g}", "--dropout", f"{dropout:g}", "--max-updates", str(updates),
+        *(PROBES[name][5] if len(PROBES[name]) > 5 else []),
         "--precision", "bf16", "--no-progress", "--out", str(RUNS / name),
     ]  # fmt: skip
 
