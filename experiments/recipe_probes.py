@@ -41,6 +41,10 @@ SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); to
     "8x128-d0": ["--model", "gcnn-8-small", "--dropout", "0"],
     "8x128-tied": ["--model", "gcnn-8-small", "--model-arg", "tie_embeddings=true"],
     "8x96": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[4,96]],repeat=8}]"],
+    # the third round (speed-3.json): narrower kernels, fewer convolution FLOPs (receptive fields
+    # 17 and 9); at 200 updates kernel 2 beat kernel 4 (docs/results.md section 3)
+    "8x128-k3": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[3,128]],repeat=8}]"],
+    "8x128-k2": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[2,128]],repeat=8}]"],
 }
 # The probes' dropout is their own flag; a shape's speed is measured at the probes' 0.1 unless
 # its flags say otherwise.
@@ -70,16 +74,24 @@ PROBES = {
     "P14": ("8x96", 2048, 0.02, 0.1, "slow"),
     "P15": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.1"]),  # AdamW's is 0.01
     "P16": ("8x128", 2048, 0.02, 0.2, "slow"),
+    "P17": ("8x128-k3", 2048, 0.02, 0.1, "slow"),
+    "P18": ("8x128-k2", 2048, 0.02, 0.1, "slow"),
 }
 
 
 def probe(name: str) -> tuple:
     """PROBES[name] with "slow" resolved: the updates of its tokens that the slow CPU's 9 minutes
-    give its shape, by the ratio to gcnn-small measured in one run (speed-2.json)."""
+    give its shape, by the ratio to gcnn-small measured in one run (speed-2.json, then
+    speed-3.json)."""
     shape, tokens, lr, dropout, updates = PROBES[name][:5]
     if updates == "slow":
-        ratio = json.loads((RECORD.parent / "speed-2.json").read_text())["ratio"][shape]
-        updates = round(SLOW_TOKENS * ratio / tokens)
+        for record in ("speed-2", "speed-3"):
+            ratios = json.loads((RECORD.parent / f"{record}.json").read_text())["ratio"]
+            if shape in ratios:
+                updates = round(SLOW_TOKENS * ratios[shape] / tokens)
+                break
+        else:
+            raise GcnnError(f"no speed record has {shape}: run `speed {shape}` first")
     return shape, tokens, lr, dropout, updates
 
 
