@@ -81,18 +81,25 @@ PROBES = {
 
 def probe(name: str) -> tuple:
     """PROBES[name] with "slow" resolved: the updates of its tokens that the slow CPU's 9 minutes
-    give its shape, by the ratio to gcnn-small measured in one run (speed-2.json, then
-    speed-3.json)."""
+    give its shape. The ratio to gcnn-small is speed-2.json's; a shape measured later (speed-3)
+    is chained through the default's shape (8x128), which each record measured in the same run,
+    so that one run's noise in gcnn-small's timing does not move every budget of that round."""
     shape, tokens, lr, dropout, updates = PROBES[name][:5]
-    if updates == "slow":
-        for record in ("speed-2", "speed-3"):
-            ratios = json.loads((RECORD.parent / f"{record}.json").read_text())["ratio"]
-            if shape in ratios:
-                updates = round(SLOW_TOKENS * ratios[shape] / tokens)
-                break
-        else:
-            raise GcnnError(f"no speed record has {shape}: run `speed {shape}` first")
-    return shape, tokens, lr, dropout, updates
+    if updates != "slow":
+        return shape, tokens, lr, dropout, updates
+    base = speed_ratios("speed-2")
+    ratio = base.get(shape)
+    if ratio is None:
+        later = speed_ratios("speed-3")
+        if shape not in later:
+            raise GcnnError(f"no speed record has {shape}: run `speed 8x128 {shape}` first")
+        ratio = base["8x128"] * later[shape] / later["8x128"]
+    return shape, tokens, lr, dropout, round(SLOW_TOKENS * ratio / tokens)
+
+
+def speed_ratios(record: str) -> dict:
+    path = RECORD.parent / f"{record}.json"
+    return json.loads(path.read_text())["ratio"] if path.exists() else {}
 
 
 def flags(name: str) -> list[str]:
