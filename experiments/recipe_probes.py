@@ -106,11 +106,15 @@ def speed_ratios(record: str) -> dict:
 
 
 def flags(name: str) -> list[str]:
+    """The probe's whole recipe as flags: AdamW's weight decay 0.01 (the recipe's until the
+    third round) unless the probe sets its own, so a later default does not change a probe."""
     shape, tokens, lr, dropout, updates = probe(name)
+    other = PROBES[name][5] if len(PROBES[name]) > 5 else []
+    if "--weight-decay" not in other:
+        other = [*other, "--weight-decay", "0.01"]
     return [
         "--model", "gcnn-small", *SHAPES[shape], "--tokens-per-batch", str(tokens),
-        "--lr", f"{lr:g}", "--dropout", f"{dropout:g}", "--max-updates", str(updates),
-        *(PROBES[name][5] if len(PROBES[name]) > 5 else []),
+        "--lr", f"{lr:g}", "--dropout", f"{dropout:g}", "--max-updates", str(updates), *other,
         "--precision", "bf16", "--no-progress", "--out", str(RUNS / name),
     ]  # fmt: skip
 
