@@ -27,13 +27,19 @@ FORMAT = "gcnn-experiment"
 
 
 def load_records(root: Path, study: str | None = None) -> list[dict]:
-    """Every record under root (or root/study), sorted by path."""
+    """Every record under root (or root/study), sorted by path: each in its own study's
+    directory. A record kept elsewhere for reference (records/recipe/ holds earlier default runs,
+    made by another recipe or machine) is not one of its study's runs."""
     base = root / study if study else root
     records = []
     for path in sorted(base.rglob("*.json")) if base.is_dir() else []:
         with contextlib.suppress(ValueError, OSError):
             record = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(record, dict) and record.get("format") == FORMAT:
+            if (
+                isinstance(record, dict)
+                and record.get("format") == FORMAT
+                and record.get("study") == path.parent.name
+            ):
                 records.append(record)
     return records
 

@@ -78,13 +78,14 @@ def budget_args(o: StudyOptions, default_updates: int | None) -> list[str]:
 
 def study_recipe(model: str) -> list[str]:
     """Flags that keep a study on the recipe its records were made with (4,096 tokens per update,
-    AdamW's lr 1e-2, the preset's dropout) where the default run's recipe has moved on
-    (gcnn.training.recipe.SMALL_RECIPES): a study compares variants under one fixed recipe, and
-    a new default must neither change its runs nor orphan its records."""
+    AdamW's lr 1e-2 and weight decay 0.01, the preset's dropout) where the default run's recipe
+    has moved on (gcnn.training.recipe.SMALL_RECIPES): a study compares variants under one fixed
+    recipe, and a new default must neither change its runs nor orphan its records. The values
+    are AdamW's: a study that runs NAG states NAG's weight decay after these (studies/norm.py)."""
     from gcnn.models import PRESETS
     from gcnn.training.recipe import TOKENS_PER_BATCH, small_recipe
 
-    before = {"tokens_per_batch": TOKENS_PER_BATCH, "lr": 1e-2}
+    before = {"tokens_per_batch": TOKENS_PER_BATCH, "lr": 1e-2, "weight_decay": 0.01}
     before["dropout"] = PRESETS[model].get("dropout") if model in PRESETS else None
     flags = []
     for name in small_recipe(model):

@@ -154,6 +154,9 @@ def test_every_study_writes_one_record_per_run(studies):
 
     norm = records_of(root, "norm")
     assert {r["info"]["optimizer"] for r in norm.values()} == {"nag", "adamw"}
+    # each optimizer at its own weight decay: NAG's, and AdamW's of the study recipe
+    decay = {"nag": 5e-6, "adamw": 0.01}
+    assert all(r["config"]["weight_decay"] == decay[r["info"]["optimizer"]] for r in norm.values())
     sweep = [
         r
         for r in norm.values()
@@ -281,7 +284,7 @@ def test_studies_keep_the_recipe_their_records_were_made_with():
 
     args = training_args(StudyOptions(), "gcnn-small", 200)
     c = train_config([*args, "--seed", "1"])
-    assert (c.tokens_per_batch, c.lr, c.dropout) == (4096, 1e-2, 0.2)
+    assert (c.tokens_per_batch, c.lr, c.dropout, c.weight_decay) == (4096, 1e-2, 0.2, 0.01)
     assert train_config(training_args(StudyOptions(), "lstm-small", 200)).tokens_per_batch == 4096
 
     wanted = Run("s", "v", 1, args).spec()
@@ -306,6 +309,21 @@ def test_dry_run_lists_runs_and_estimates_without_running(tmp_path, capsys):
     assert "nag-neither-lr0.5-s2" in out and "[lr: chosen by the sweep]" in out
     assert "in all: about" in out
     assert not (tmp_path / "records").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_record_kept_for_reference_is_not_one_of_its_studys_runs(tmp_path):
+    """records/recipe/ keeps earlier default runs (another recipe, another machine) that still
+    say study "default": the page must not count them as runs of the default study (it once
+    averaged one into the default run's mean)."""
+    from records import FORMAT, load_records
+
+    record = {"format": FORMAT, "study": "default", "run_id": "gcnn-8-small-s1"}
+    for where in ("default", "recipe"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "gcnn-8-small-s1.json").write_text(json.dumps(record))
+    assert len(load_records(tmp_path)) == 1
+    assert len(load_records(tmp_path, "default")) == 1
+    assert load_records(tmp_path, "recipe") == []
 
 
 def test_results_page_from_the_records(studies, tmp_path):

@@ -53,8 +53,10 @@ def test_small_presets_default_to_their_own_recipe_and_flags_still_win():
     assert (lstm.tokens_per_batch, lstm.lr, lstm.dropout) == (TOKENS_PER_BATCH, 1e-2, None)
     mine = resolve(config_from(["--tokens-per-batch", "1024", "--lr", "0.005", "--dropout", "0"]))
     assert (mine.tokens_per_batch, mine.lr, mine.dropout) == (1024, 0.005, 0.0)
-    # the recipe's lr is AdamW's: NAG on the small preset keeps NAG's
-    assert resolve(config_from(["--optimizer", "nag"])).lr == 1.0
+    # the recipe's lr and weight decay are AdamW's: NAG on the small preset keeps NAG's
+    nag = resolve(config_from(["--optimizer", "nag"]))
+    assert (nag.lr, nag.weight_decay) == (1.0, 5e-6)
+    assert resolve(config_from(["--weight-decay", "0.01"])).weight_decay == 0.01
     paper = resolve(config_from(["--model", "gcnn-8", "--dataset", "wikitext-103"]))
     assert (paper.tokens_per_batch, paper.dropout) == (TOKENS_PER_BATCH, None)
 
