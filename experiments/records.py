@@ -27,9 +27,9 @@ FORMAT = "gcnn-experiment"
 
 
 def load_records(root: Path, study: str | None = None) -> list[dict]:
-    """Every record under root (or root/study), sorted by path: each in its own study's
-    directory. A record kept elsewhere for reference (records/recipe/ holds earlier default runs,
-    made by another recipe or machine) is not one of its study's runs."""
+    """Every record under root (or root/study), sorted by path: each one in root/<its study>/.
+    A record kept elsewhere for reference (records/recipe/ holds default runs made by another
+    recipe or with another thread count) is not one of its study's runs."""
     base = root / study if study else root
     records = []
     for path in sorted(base.rglob("*.json")) if base.is_dir() else []:
@@ -38,7 +38,8 @@ def load_records(root: Path, study: str | None = None) -> list[dict]:
             if (
                 isinstance(record, dict)
                 and record.get("format") == FORMAT
-                and record.get("study") == path.parent.name
+                and isinstance(record.get("study"), str)
+                and path.parent == root / record["study"]
             ):
                 records.append(record)
     return records

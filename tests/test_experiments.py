@@ -318,8 +318,8 @@ def test_a_record_kept_for_reference_is_not_one_of_its_studys_runs(tmp_path):
     from records import FORMAT, load_records
 
     record = {"format": FORMAT, "study": "default", "run_id": "gcnn-8-small-s1"}
-    for where in ("default", "recipe"):
-        (tmp_path / where).mkdir()
+    for where in ("default", "recipe", "recipe/one-thread/default"):
+        (tmp_path / where).mkdir(parents=True)
         (tmp_path / where / "gcnn-8-small-s1.json").write_text(json.dumps(record))
     assert len(load_records(tmp_path)) == 1
     assert len(load_records(tmp_path, "default")) == 1
