@@ -37,7 +37,7 @@ SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); to
     "6x192": ["--model-arg", "blocks=[{layers=[[4,192]],repeat=6}]"],
     "8x128": ["--model-arg", "blocks=[{layers=[[4,128]],repeat=8}]"],
     # the second round (records/recipe/speed-2.json): what changes the step's speed as well as what
-    # it learns per token; dropout's masks are 9% of 8x128's bf16 step (profile_train_step.py)
+    # it learns per token (dropout's mask draws: profile_train_step.py --shape gcnn-8-small)
     "8x128-d0": ["--model", "gcnn-8-small", "--dropout", "0"],
     "8x128-tied": ["--model", "gcnn-8-small", "--model-arg", "tie_embeddings=true"],
     "8x96": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[4,96]],repeat=8}]"],
@@ -68,7 +68,7 @@ PROBES = {
     "P10": ("8x128", 2048, 0.04, 0.1, 4100),
     "fast-P8": ("8x128", 2048, 0.02, 0.1, 7896),  # the Zen 5's budget for the chosen recipe
     # second round, each at the slow CPU's budget for its shape ("slow": slow_updates)
-    "P11": ("8x128", 2048, 0.02, 0.1, "slow"),  # the default recipe as it is
+    "P11": ("8x128", 2048, 0.02, 0.1, "slow"),  # the default recipe before weight decay 0.1
     "P12": ("8x128-d0", 2048, 0.02, 0.0, "slow"),
     "P13": ("8x128-tied", 2048, 0.02, 0.1, "slow"),
     "P14": ("8x96", 2048, 0.02, 0.1, "slow"),
@@ -77,8 +77,12 @@ PROBES = {
     "P17": ("8x128-k3", 2048, 0.02, 0.1, "slow"),
     "P18": ("8x128-k2", 2048, 0.02, 0.1, "slow"),
     "P19": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.2"]),
-    "P20": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.05"]),
+    "P20": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.05"]),  # not run yet
     "fast-P15": ("8x128", 2048, 0.02, 0.1, 7896, ["--weight-decay", "0.1"]),  # as fast-P8
+    # a CPU slower than the Xeon: the updates of the default run on one Zen 4 thread
+    # (records/recipe/one-thread), weight decay 0.01 against 0.1
+    "slower-P11": ("8x128", 2048, 0.02, 0.1, 2646),
+    "slower-P15": ("8x128", 2048, 0.02, 0.1, 2646, ["--weight-decay", "0.1"]),
 }
 
 
