@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gcnn.training.config import TrainConfig, compose, load_toml, to_toml
-from gcnn.training.trainer import Trainer, train
+from gcnn.training.session import train
+from gcnn.training.trainer import Trainer
 
 __all__ = ["TrainConfig", "Trainer", "compose", "load_toml", "to_toml", "train"]

@@ -53,7 +53,7 @@ def configure(argv: list[str] | None) -> tuple[TrainConfig, dict | None]:
 
 
 def _main(argv: list[str] | None) -> int:
-    from gcnn.training.trainer import train
+    from gcnn.training.session import train
 
     config, ckpt = configure(argv)
     summary = train(config, resume_ckpt=ckpt)

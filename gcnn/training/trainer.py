@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import math
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from gcnn.errors import GcnnError
-from gcnn.signals import SignalStopper, Stopped
+from gcnn.signals import SignalStopper
 from gcnn.training.config import TrainConfig, to_toml
 from gcnn.training.distributed import (
     LossModule,
@@ -397,27 +396,3 @@ class Trainer:
             corpus=self.corpus_id,
         )
         self.run.save(ckpt, self.step, best)
-
-
-def train(config: TrainConfig, resume_ckpt: dict | None = None) -> dict:
-    """Train with `config` (resuming from `resume_ckpt` if given); returns a summary dict."""
-    started_here = not dist.is_initialized()
-    run = RunDir(Path(resolve(config).out))
-    try:
-        return Trainer(config, resume_ckpt, run).fit()
-    except Stopped as stop:  # before the training loop (data, model, precision): nothing saved
-        step = resume_ckpt["step"] if resume_ckpt is not None else None
-        stop.kept = stop.kept or (
-            "before the first update; nothing was saved" if step is None
-            else f"before training went on; {run.last_path} (update {step}) is as it was"
-        )  # fmt: skip
-        raise
-    finally:
-        run.release()  # the kernel would too, at exit; an in-process caller may go on
-        if started_here and dist.is_initialized():
-            # The trainer holds the process group (through DDP); if anything keeps it in a
-            # reference cycle (an exception's traceback, say), only the garbage collector frees
-            # it, and a group that outlives destroy_process_group() keeps gloo's threads alive
-            # into interpreter shutdown, where they abort the process (see init_distributed).
-            gc.collect()
-            dist.destroy_process_group()
