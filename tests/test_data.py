@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import gcnn.data.prepare as prepare_module
+import gcnn.data.scan as scan_module
 from gcnn.data import (
     BlockBatcher,
     WordTokenizer,
@@ -161,7 +162,7 @@ def test_two_process_scan_matches_the_serial_one(tmp_path, monkeypatch):
 
     directory = write_synthetic_corpus(tmp_path / "c", lines=3000, seed=3)
     serial = prepare_corpus(directory, cache_dir=tmp_path / "serial")
-    monkeypatch.setattr(prepare_module, "PARALLEL_BYTES", 1)  # every file in two halves
+    monkeypatch.setattr(scan_module, "PARALLEL_BYTES", 1)  # every file in two halves
     parallel = prepare_corpus(directory, cache_dir=tmp_path / "parallel")
     assert parallel.tokenizer.words == serial.tokenizer.words
     assert parallel.stats == serial.stats

@@ -608,14 +608,14 @@ def test_sigterm_during_a_two_process_scan_ends_both(corpus, tmp_path):
     marker, cache = tmp_path / "scanning", tmp_path / "cache"
     setup = f"""
         import pathlib, sys, time
-        import gcnn.data.prepare as prepare
-        prepare.PARALLEL_BYTES = 1  # every file in two halves
-        real = prepare._scan
+        import gcnn.data.scan as scan
+        scan.PARALLEL_BYTES = 1  # every file in two halves
+        real = scan._scan
         def slow_scan(*a, **kw):
             pathlib.Path({str(marker)!r}).touch()
             time.sleep(120)  # a half of WikiText-103 takes a while
             return real(*a, **kw)
-        prepare._scan = slow_scan
+        scan._scan = slow_scan
     """
     then = f"""
         from gcnn.data.__main__ import main
