@@ -95,18 +95,20 @@ def probe(name: str) -> tuple:
     if updates != "slow":
         return shape, tokens, lr, dropout, updates
     base = speed_ratios("speed-2")
-    ratio = base.get(shape)
-    if ratio is None:
+    if shape not in base:  # measured in the third round: through 8x128, which both measured
         later = speed_ratios("speed-3")
         if shape not in later:
             raise GcnnError(f"no speed record has {shape}: run `speed 8x128 {shape}` first")
-        ratio = base["8x128"] * later[shape] / later["8x128"]
-    return shape, tokens, lr, dropout, round(SLOW_TOKENS * ratio / tokens)
+        base = {shape: base["8x128"] * later[shape] / later["8x128"]}
+    return shape, tokens, lr, dropout, round(SLOW_TOKENS * base[shape] / tokens)
 
 
 def speed_ratios(record: str) -> dict:
+    """A speed record's tokens/s ratios to gcnn-small (records/recipe/NAME.json)."""
     path = RECORD.parent / f"{record}.json"
-    return json.loads(path.read_text())["ratio"] if path.exists() else {}
+    if not path.exists():
+        raise GcnnError(f"{path} is missing: run `speed SHAPE.. --speed-record {record}` first")
+    return json.loads(path.read_text())["ratio"]
 
 
 def flags(name: str) -> list[str]:

@@ -76,31 +76,33 @@ def budget_args(o: StudyOptions, default_updates: int | None) -> list[str]:
     return args
 
 
-def study_recipe(model: str) -> list[str]:
+def study_recipe(model: str, optimizer: str = "adamw") -> list[str]:
     """Flags that keep a study on the recipe its records were made with (4,096 tokens per update,
     AdamW's lr 1e-2 and weight decay 0.01, the preset's dropout) where the default run's recipe
     has moved on (gcnn.training.recipe.SMALL_RECIPES): a study compares variants under one fixed
-    recipe, and a new default must neither change its runs nor orphan its records. The values
-    are AdamW's: a study that runs NAG states NAG's weight decay after these (studies/norm.py)."""
+    recipe, and a new default must neither change its runs nor orphan its records. A NAG run
+    gets --optimizer nag and none of AdamW's values (recipe.ADAMW_ONLY): it keeps NAG's own."""
     from gcnn.models import PRESETS
-    from gcnn.training.recipe import TOKENS_PER_BATCH, small_recipe
+    from gcnn.training.recipe import ADAMW_ONLY, TOKENS_PER_BATCH, small_recipe
 
     before = {"tokens_per_batch": TOKENS_PER_BATCH, "lr": 1e-2, "weight_decay": 0.01}
     before["dropout"] = PRESETS[model].get("dropout") if model in PRESETS else None
-    flags = []
+    flags = [] if optimizer == "adamw" else ["--optimizer", optimizer]
     for name in small_recipe(model):
-        if before.get(name) is not None:
+        if before.get(name) is not None and not (name in ADAMW_ONLY and optimizer != "adamw"):
             flags += ["--" + name.replace("_", "-"), f"{before[name]:g}"]
     return flags
 
 
-def model_flags(o: StudyOptions, model: str) -> list[str]:
+def model_flags(o: StudyOptions, model: str, optimizer: str = "adamw") -> list[str]:
     """--data, --model and the study's recipe for it: what every study run starts with."""
-    return ["--data", o.data, "--model", model, *study_recipe(model)]
+    return ["--data", o.data, "--model", model, *study_recipe(model, optimizer)]
 
 
-def training_args(o: StudyOptions, model: str, default_updates: int | None) -> list[str]:
-    return [*model_flags(o, model), *budget_args(o, default_updates), *o.extra]
+def training_args(
+    o: StudyOptions, model: str, default_updates: int | None, optimizer: str = "adamw"
+) -> list[str]:
+    return [*model_flags(o, model, optimizer), *budget_args(o, default_updates), *o.extra]
 
 
 def runs_for_seeds(o: StudyOptions, study: str, variant: str, args: list[str], **kw) -> list[Run]:

@@ -40,8 +40,7 @@ def runs(runner: Runner, o: StudyOptions) -> None:
     """Both / weight norm only / clipping only / neither, with the paper's NAG (momentum 0.99,
     clip 0.1, at the best lr of a short sweep) and with the small presets' AdamW recipe."""
     base = training_args(o, o.model, UPDATES)
-    # NAG's own weight decay (5e-6): the study recipe's --weight-decay is AdamW's
-    nag = [*base, "--optimizer", "nag", "--weight-decay", "5e-06"]
+    nag = training_args(o, o.model, UPDATES, optimizer="nag")
     sweep = [
         Run(
             "norm",
