@@ -6,8 +6,8 @@
 #   bash benchmarks/cpu_kind_check.sh --benches      # only the data, evaluation and sampling
 #                                                    # benchmarks (a few minutes)
 # Writes experiments/records/perf/<cpu kind>/: lscpu.txt, the per-op profiles of the training
-# step against the plain port (both precisions, gcnn-small's and gcnn-8's shapes), the step's
-# speed and MFU (bench_train_step), the precision chooser quiet / busy / poisoned
+# step against the plain port (both precisions; gcnn-small's, the default's and gcnn-8's
+# shapes), the step's speed and MFU (bench_train_step), the precision chooser quiet / busy / poisoned
 # (precision_check), and the default run (`python train.py`) with its test perplexity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,8 @@ mkdir -p "$out"
 echo "records in $out"
 { date -u +%FT%TZ; git describe --always --dirty; lscpu; } > "$out/lscpu.txt"
 # the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
-# caching, building a batch, sampling (each output headed by its command and commit)
+# caching, building a batch, sampling, a dropout mask (each output headed by its command and
+# commit)
 bench() {
   local name=$1; shift
   { echo "\$ python benchmarks/$name.py $*  ($(date -u +%FT%TZ), $(git describe --always --dirty))"
@@ -34,12 +35,14 @@ bench bench_perplexity
 bench bench_data
 bench bench_batches
 bench bench_sampling
+bench bench_dropout
 if [[ "${1:-}" == "--benches" ]]; then exit 0; fi
-for shape in gcnn-small gcnn-8; do
+for shape in gcnn-small gcnn-8-small gcnn-8; do
   python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json" \
     2>&1 | grep -v '^USDT' | tee "$out/profile-$shape.txt"
 done
-python benchmarks/bench_train_step.py 2>&1 | tee "$out/bench_train_step.txt"
+python benchmarks/bench_train_step.py --shapes gcnn-small gcnn-8-small gcnn-8 2>&1 \
+  | tee "$out/bench_train_step.txt"
 python benchmarks/precision_check.py --json "$out/precision_check.json" 2>&1 \
   | tee "$out/precision_check.txt"
 if [[ "${1:-}" != "--no-default" ]]; then

@@ -34,3 +34,40 @@ def test_dropout_draws_from_the_seeded_generator():
         torch.manual_seed(7)
         masks.append(Dropout(0.5).train()(x) != 0)
     assert torch.equal(*masks)  # so a resumed run redraws the same masks
+
+
+def test_every_position_of_a_random_word_keeps_1_minus_p_independently():
+    # four elements share one int64 draw: each of the four 16-bit lanes must be uniform
+    # (a sign bit held at 0 would keep every fourth element more often), and neighbours
+    # must not be correlated
+    torch.manual_seed(1)
+    p = 0.25
+    keep = Dropout(p).train()(torch.ones(400_003)) != 0  # not a multiple of 4
+    lanes = keep[:400_000].view(-1, 4).float()
+    for lane in range(4):
+        assert abs(lanes[:, lane].mean().item() - (1 - p)) < 0.006  # ~4 standard deviations
+    both = (lanes[:, 0] * lanes[:, 1]).mean().item()
+    assert abs(both - (1 - p) ** 2) < 0.006
+
+
+def test_p_16_bits_cannot_realize_draws_uniform_floats_instead():
+    from gcnn.models.dropout import drop_cut
+
+    assert drop_cut(0.1) == 6554 and drop_cut(0.5) == 32768
+    assert drop_cut(0.001) is None and drop_cut(0.9999) is None
+    torch.manual_seed(2)
+    p = 0.002
+    y = Dropout(p).train()(torch.ones(500_000))
+    assert abs((y == 0).float().mean().item() - p) < 0.00025  # ~4 standard deviations
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+
+
+def test_the_scale_uses_the_realized_p_so_the_expectation_is_exact():
+    from gcnn.models.dropout import BITS, drop_cut
+
+    torch.manual_seed(3)
+    p = 0.1
+    y = Dropout(p).train()(torch.ones(1000))
+    scale = y[y != 0].unique()
+    assert scale.numel() == 1
+    assert scale.item() == pytest.approx(1 / (1 - drop_cut(p) / 2**BITS), rel=1e-7)

@@ -1,0 +1,89 @@
+"""What a dropout mask costs on this CPU: python benchmarks/bench_dropout.py
+
+CPU dropout is bound by torch's serial random generator, not by arithmetic. One run times,
+interleaved, dropout's forward and backward on the default model's activations (8 rows of
+256 + 24 tokens x 128 channels; --rows/--tokens/--channels change it), fp32 and bf16:
+
+- nn.Dropout: torch's own (a bernoulli_ draw per element; what the plain port uses);
+- float mask: uniform floats compared with p (gcnn's mask before; still its path for a p that
+  16 bits cannot realize);
+- bit mask: gcnn.models.dropout, 16 raw random bits per element (four per int64 draw);
+
+and prints each one's time and its speed against nn.Dropout, and the mask draw alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from gcnn.errors import GcnnError, run_cli
+from gcnn.machine import cpu_name, reported_load
+from gcnn.models.dropout import BITS, drop_cut, keep_mask
+from gcnn.timing import interleaved_timings
+
+
+def variants(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> dict:
+    x = torch.randn(shape).to(dtype).requires_grad_()
+    grad = torch.randn(shape).to(dtype)
+    cut = drop_cut(p)
+    if cut is None:
+        raise GcnnError(f"--p {p} is not realized by 16 bits: gcnn draws floats for it")
+
+    def step(forward):
+        def call():
+            forward().backward(grad)
+            x.grad = None
+
+        return call
+
+    def float_mask():
+        return x * (torch.rand(shape) >= p).to(dtype).mul_(1 / (1 - p))
+
+    def bit_mask():
+        return x * keep_mask(shape, cut).to(dtype).mul_(1 / (1 - cut / 2**BITS))
+
+    return {
+        "nn.Dropout": step(lambda: F.dropout(x, p, training=True)),
+        "float mask": step(float_mask),
+        "bit mask": step(bit_mask),
+        "float mask, draw only": lambda: torch.rand(shape) >= p,
+        "bit mask, draw only": lambda: keep_mask(shape, cut),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_dropout.py", description=__doc__)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=280)
+    parser.add_argument("--channels", type=int, default=128)
+    parser.add_argument("--p", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args(argv)
+    sizes = (args.rows, args.tokens, args.channels)
+    if not all(1 <= s <= 65_536 for s in sizes) or args.rows * args.tokens * args.channels > 2**28:
+        raise GcnnError("--rows, --tokens, --channels must be in 1..65536, their product <= 2^28")
+    if not 0 < args.p < 1 or not 1 <= args.rounds <= 100_000:
+        raise GcnnError("--p must be in (0, 1) and --rounds in 1..100000")
+    print(f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    print(
+        f"dropout p={args.p} on {args.rows} x {args.tokens} x {args.channels}, forward + backward"
+    )
+    print("| variant | precision | us | vs nn.Dropout |")
+    print("|---|---|---:|---:|")
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        calls = variants(sizes, args.p, dtype)
+        times = interleaved_timings(list(calls.values()), args.rounds, warmup=5, device="cpu")
+        base = times[0].median
+        for variant, t in zip(calls, times, strict=True):
+            ratio = "" if "draw only" in variant else f"{base / t.median:.2f}x"
+            print(f"| {variant} | {name} | {1e6 * t.median:,.0f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    with reported_load():  # timings mean little if other processes were busy meanwhile
+        code = run_cli(main)
+    raise SystemExit(code)
