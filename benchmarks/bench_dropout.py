@@ -9,20 +9,30 @@ interleaved, dropout's forward and backward on the default model's activations (
   16 bits cannot realize);
 - bit mask: gcnn.models.dropout, 16 raw random bits per element (four per int64 draw);
 
-and prints each one's time and its speed against nn.Dropout, and the mask draw alone.
+and prints each one's time and its speed against nn.Dropout, and the mask draw alone. Then
+(unless --no-step) the whole training step of the default model (gcnn-8-small, AdamW, WikiText-2's
+vocabulary; bench_train_step.py's batch), its Dropout modules drawing bit masks and float masks,
+interleaved in the same run: what the mask is worth where it matters.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 from gcnn.errors import GcnnError, run_cli
 from gcnn.machine import cpu_name, reported_load
+from gcnn.models import build_model, dropout
 from gcnn.models.dropout import BITS, drop_cut, keep_mask
 from gcnn.timing import interleaved_timings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_step import gcnn_step, optimizer_for, zipf_tokens  # noqa: E402
 
 
 def variants(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> dict:
@@ -54,6 +64,27 @@ def variants(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> dict:
     }
 
 
+def step_variants(vocab_size: int = 33_278, rows: int = 8, block: int = 256) -> dict:
+    torch.manual_seed(0)
+    model = build_model("gcnn-8-small", vocab_size)
+    context = model.receptive_field - 1
+    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0)
+    targets = zipf_tokens(vocab_size, (rows, context + block), seed=1)
+    targets[:, :context] = -100
+    calls = {}
+    for precision in ("fp32", "bf16"):
+        step = gcnn_step(model, inputs, targets, precision == "bf16", optimizer_for(model, "adamw"))
+        calls[f"bit masks {precision}"] = step
+
+        def float_masks(step=step):
+            # the float path, as gcnn took it for every p before: 16 bits "cannot realize" p
+            with mock.patch.object(dropout, "drop_cut", lambda p: None):
+                step()
+
+        calls[f"float masks {precision}"] = float_masks
+    return calls
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench_dropout.py", description=__doc__)
     parser.add_argument("--rows", type=int, default=8)
@@ -61,12 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--p", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--step-rounds", type=int, default=20)
+    parser.add_argument("--no-step", action="store_true", help="skip the training step")
     args = parser.parse_args(argv)
     sizes = (args.rows, args.tokens, args.channels)
     if not all(1 <= s <= 65_536 for s in sizes) or args.rows * args.tokens * args.channels > 2**28:
         raise GcnnError("--rows, --tokens, --channels must be in 1..65536, their product <= 2^28")
-    if not 0 < args.p < 1 or not 1 <= args.rounds <= 100_000:
-        raise GcnnError("--p must be in (0, 1) and --rounds in 1..100000")
+    if not 0 < args.p < 1 or not 1 <= args.rounds <= 100_000 or not 1 <= args.step_rounds <= 1000:
+        raise GcnnError("--p must be in (0, 1), --rounds in 1..100000, --step-rounds in 1..1000")
     print(f"{cpu_name()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
     print(
         f"dropout p={args.p} on {args.rows} x {args.tokens} x {args.channels}, forward + backward"
@@ -80,6 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         for variant, t in zip(calls, times, strict=True):
             ratio = "" if "draw only" in variant else f"{base / t.median:.2f}x"
             print(f"| {variant} | {name} | {1e6 * t.median:,.0f} | {ratio} |")
+    if args.no_step:
+        return 0
+    calls = step_variants()
+    times = interleaved_timings(list(calls.values()), args.step_rounds, warmup=2, device="cpu")
+    ms = {name: 1e3 * t.median for name, t in zip(calls, times, strict=True)}
+    print("\nthe default model's training step (gcnn-8-small, 8 x (24 + 256) tokens, AdamW)")
+    print("| precision | bit masks ms | float masks ms | bit / float speed |")
+    print("|---|---:|---:|---:|")
+    for precision in ("fp32", "bf16"):
+        bits, floats = ms[f"bit masks {precision}"], ms[f"float masks {precision}"]
+        print(f"| {precision} | {bits:,.1f} | {floats:,.1f} | {floats / bits:.2f}x |")
     return 0
 
 

@@ -71,3 +71,23 @@ def test_the_scale_uses_the_realized_p_so_the_expectation_is_exact():
     scale = y[y != 0].unique()
     assert scale.numel() == 1
     assert scale.item() == pytest.approx(1 / (1 - drop_cut(p) / 2**BITS), rel=1e-7)
+
+
+def test_dropout_benchmark_runs_and_refuses_bad_sizes():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_dropout.py"
+    small = ["--rows", "2", "--tokens", "30", "--channels", "8", "--rounds", "2"]
+    run = subprocess.run(
+        [sys.executable, str(script), *small, "--step-rounds", "1"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert (
+        "| bit mask | bf16 |" in run.stdout and "| bf16 |" in run.stdout.split("training step")[1]
+    )
+    bad = subprocess.run(
+        [sys.executable, str(script), "--rows", "0"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--rows" in bad.stderr
