@@ -84,6 +84,15 @@ PROBES = {
     "slower-P11": ("8x128", 2048, 0.02, 0.1, 2646),
     "slower-P15": ("8x128", 2048, 0.02, 0.1, 2646, ["--weight-decay", "0.1"]),
 }
+# The fourth round: P11 against P15 over seeds 2 and 3, to see whether weight decay 0.1's gain is
+# more than a seed's noise (run with gcnn's bit-mask dropout: another random stream, the same
+# distribution).
+for _name, _decay in (("P11", "0.01"), ("P15", "0.1")):
+    for _seed in (2, 3):
+        PROBES[f"{_name}-s{_seed}"] = (
+            *PROBES[_name][:5],
+            ["--weight-decay", _decay, "--seed", str(_seed)],
+        )
 
 
 def probe(name: str) -> tuple:
