@@ -20,16 +20,21 @@ fm = ' f%s m%s' % (info.get('cpu family\t', '?').strip(), info.get('model\t\t', 
 amx = ' amx' if any(f.startswith('amx') for f in cpu_flags()) else ''
 print(re.sub('[^a-z0-9]+', '-', (cpu_model() + fm + amx).lower()).strip('-'))")
 out="experiments/records/perf/$kind"
+# the commit measured, taken before this script writes its first record (which would make every
+# later `git describe --dirty` say dirty)
+commit=$(git describe --always --dirty)
 mkdir -p "$out"
-echo "records in $out"
-{ date -u +%FT%TZ; git describe --always --dirty; lscpu; } > "$out/lscpu.txt"
+echo "records in $out, from $commit"
+{ date -u +%FT%TZ; echo "$commit"; lscpu; } > "$out/lscpu.txt"
 # the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
 # caching, building a batch, sampling, a dropout mask (each output headed by its command and
 # commit)
+record() {  # record FILE COMMAND..: its output, headed by the command and commit, into $out/FILE
+  local file=$1; shift
+  { echo "\$ $*  ($(date -u +%FT%TZ), $commit)"; "$@" 2>&1 | grep -v '^USDT'; } | tee "$out/$file"
+}
 bench() {
-  local name=$1; shift
-  { echo "\$ python benchmarks/$name.py $*  ($(date -u +%FT%TZ), $(git describe --always --dirty))"
-    python "benchmarks/$name.py" "$@" 2>&1; } | tee "$out/$name.txt"
+  record "$1.txt" python "benchmarks/$1.py" "${@:2}"
 }
 bench bench_perplexity
 bench bench_data
@@ -38,13 +43,13 @@ bench bench_sampling
 bench bench_dropout
 if [[ "${1:-}" == "--benches" ]]; then exit 0; fi
 for shape in gcnn-small gcnn-8-small gcnn-8; do
-  python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json" \
-    2>&1 | grep -v '^USDT' | tee "$out/profile-$shape.txt"
+  record "profile-$shape.txt" \
+    python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json"
 done
-python benchmarks/bench_train_step.py --shapes gcnn-small gcnn-8-small gcnn-8 2>&1 \
-  | tee "$out/bench_train_step.txt"
-python benchmarks/precision_check.py --json "$out/precision_check.json" 2>&1 \
-  | tee "$out/precision_check.txt"
+record bench_train_step.txt \
+  python benchmarks/bench_train_step.py --shapes gcnn-small gcnn-8-small gcnn-8
+record precision_check.txt \
+  python benchmarks/precision_check.py --json "$out/precision_check.json"
 if [[ "${1:-}" != "--no-default" ]]; then
   run="runs/cpu-kind-default-$(date -u +%Y%m%dT%H%M%S)"
   { /usr/bin/time -v python train.py --no-progress --out "$run"; } 2>&1 \
