@@ -209,6 +209,22 @@ def test_ppl(run: Path) -> float | None:
     return round(json.loads(cached.read_text())["perplexity"], 2) if cached.exists() else None
 
 
+def seed_verdicts(probes: dict) -> dict:
+    """The fourth round's verdicts, test and best validation perplexity, seeds 1-3 paired
+    (seed 1 is the probe without a suffix), by experiments/stats.py's rule."""
+    from stats import Arm, verdict
+
+    out = {}
+    for metric in ("test_ppl", "best_valid_ppl"):
+        arms = []
+        for name in ("P15", "P11"):
+            runs = {1: name, 2: f"{name}-s2", 3: f"{name}-s3"}
+            values = {seed: probes[n][metric] for seed, n in runs.items() if n in probes}
+            arms.append(Arm(f"{name} ({metric})", values))
+        out[metric] = verdict(*arms)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["speed", "run", "record"])
@@ -241,11 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             "fast_tokens": FAST_TOKENS,
             "probes": {n: s for n in PROBES if (s := summary(n))},
         }
+        record["seeds"] = seed_verdicts(record["probes"])
         RECORD.write_text(json.dumps(record, indent=1) + "\n")
         for n, s in record["probes"].items():
             print(f"{n}: {s['shape']}, {s['tokens_per_batch']} tokens, lr {s['lr']:g}, "
                   f"dropout {s['dropout']:g}: best valid {s['best_valid_ppl']}, "
                   f"test {s['test_ppl']}")  # fmt: skip
+        for line in record["seeds"].values():
+            print(line)
     return 0
 
 
