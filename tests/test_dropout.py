@@ -91,3 +91,15 @@ def test_dropout_benchmark_runs_and_refuses_bad_sizes():
         [sys.executable, str(script), "--rows", "0"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--rows" in bad.stderr
+
+
+def test_dropout_compiles_as_one_graph():
+    # torch.compile cannot trace random_: a compiled model takes the float mask, without a
+    # graph break per dropout (fullgraph=True raises on one)
+    torch.manual_seed(4)
+    compiled = torch.compile(Dropout(0.1).train(), backend="eager", fullgraph=True)
+    x = torch.ones(50_000, requires_grad=True)
+    y = compiled(x)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.006
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())

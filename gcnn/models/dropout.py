@@ -42,13 +42,16 @@ class Dropout(nn.Dropout):
     PyTorch's CPU dropout draws its mask with bernoulli_, measured at ~8 ns per element: on
     gcnn-small's training step the seven dropouts cost more than the optimizer. Comparing
     random 16-bit integers with p's cut is the same distribution (to 2^-16 in p; the scale
-    uses the realized p, so the expectation is exact). CUDA keeps PyTorch's fused kernel.
+    uses the realized p, so the expectation is exact). CUDA keeps PyTorch's fused kernel;
+    under torch.compile the float mask is traced and the compiler draws it.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        cut = drop_cut(self.p)
+        # torch.compile cannot trace the in-place random_ (a graph break per dropout); compiled,
+        # the float mask is one traced op whose random numbers the compiler generates itself
+        cut = None if torch.compiler.is_compiling() else drop_cut(self.p)
         if cut is None:
             keep, p = torch.rand(x.shape) >= self.p, self.p
         else:
