@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from gcnn.allocator import keep_large_blocks
 from gcnn.devices import resolve_device
 from gcnn.errors import GcnnError, run_cli
 from gcnn.machine import cpu_name, reported_load
@@ -262,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--malloc",
+        choices=["keep", "default"],
+        default="keep",
+        help="keep: glibc keeps large blocks, as train.py sets it (gcnn.allocator); default: "
+        "glibc's own thresholds",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or (args.vocab_size or 12_000) < 12_000 or args.rows < 0 or args.block < 0:
         raise GcnnError(
@@ -269,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == "keep":
+        print(keep_large_blocks())
     args.device = resolve_device(args.device)
     if args.device.startswith("cuda"):
         # TF32 would make "fp32" a different precision from the CPU's; keep it strict

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gcnn.allocator import keep_large_blocks
 from gcnn.errors import GcnnError
 from gcnn.signals import SignalStopper
 from gcnn.training.config import TrainConfig, to_toml
@@ -102,6 +103,8 @@ class Trainer:
         self.dist, self.device = init_distributed(config)
         self.run.agree(claim_error, self.dist, self.device)
         self.report = Reporter(self.dist.is_main)
+        if self.device.type == "cpu":  # before precision's timing, so that it times the same steps
+            self.report.line(keep_large_blocks())
         config = dataclasses.replace(config, precision=resolve_precision(config, self.device))
         if "train" not in self.corpus.splits or "valid" not in self.corpus.splits:
             raise GcnnError(f"corpus {self.corpus.directory} needs a train and a valid split")
