@@ -7,7 +7,8 @@
 #                                                    # benchmarks (a few minutes)
 # Writes experiments/records/perf/<cpu kind>/: lscpu.txt, the per-op profiles of the training
 # step against the plain port (both precisions; gcnn-small's, the default's and gcnn-8's
-# shapes), the step's speed and MFU (bench_train_step), the precision chooser quiet / busy / poisoned
+# shapes), the step's speed and MFU (bench_train_step), what glibc's malloc settings do to the
+# step (malloc_check), the precision chooser quiet / busy / poisoned
 # (precision_check), and the default run (`python train.py`) with its test perplexity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,7 @@ for shape in gcnn-small gcnn-8-small gcnn-8; do
 done
 record bench_train_step.txt \
   python benchmarks/bench_train_step.py --shapes gcnn-small gcnn-8-small gcnn-8
+record malloc_check.txt bash benchmarks/malloc_check.sh 3
 record precision_check.txt \
   python benchmarks/precision_check.py --json "$out/precision_check.json"
 if [[ "${1:-}" != "--no-default" ]]; then
