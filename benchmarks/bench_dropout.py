@@ -18,6 +18,7 @@ interleaved in the same run: what the mask is worth where it matters.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from unittest import mock
@@ -28,11 +29,17 @@ import torch.nn.functional as F
 from gcnn.errors import GcnnError, run_cli
 from gcnn.machine import cpu_name, reported_load
 from gcnn.models import build_model, dropout
-from gcnn.models.dropout import BITS, drop_cut, keep_mask
+from gcnn.models.dropout import Dropout, drop_cut, keep_mask
 from gcnn.timing import interleaved_timings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import gcnn_step, optimizer_for, zipf_tokens  # noqa: E402
+from bench_train_step import SHAPES, gcnn_step, optimizer_for, training_batch  # noqa: E402
+
+
+def float_masks():
+    """gcnn's Dropout on its float path, as it took it for every p before: patched so that 16
+    bits "cannot realize" p."""
+    return mock.patch.object(dropout, "drop_cut", lambda p: None)
 
 
 def variants(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> dict:
@@ -41,47 +48,41 @@ def variants(shape: tuple[int, ...], p: float, dtype: torch.dtype) -> dict:
     cut = drop_cut(p)
     if cut is None:
         raise GcnnError(f"--p {p} is not realized by 16 bits: gcnn draws floats for it")
+    ours = Dropout(p).train()
 
-    def step(forward):
+    def step(forward, patch=contextlib.nullcontext):
         def call():
-            forward().backward(grad)
+            with patch():
+                forward().backward(grad)
             x.grad = None
 
         return call
 
-    def float_mask():
-        return x * (torch.rand(shape) >= p).to(dtype).mul_(1 / (1 - p))
-
-    def bit_mask():
-        return x * keep_mask(shape, cut).to(dtype).mul_(1 / (1 - cut / 2**BITS))
-
     return {
         "nn.Dropout": step(lambda: F.dropout(x, p, training=True)),
-        "float mask": step(float_mask),
-        "bit mask": step(bit_mask),
+        "float mask": step(lambda: ours(x), float_masks),
+        "bit mask": step(lambda: ours(x)),
         "float mask, draw only": lambda: torch.rand(shape) >= p,
         "bit mask, draw only": lambda: keep_mask(shape, cut),
     }
 
 
-def step_variants(vocab_size: int = 33_278, rows: int = 8, block: int = 256) -> dict:
+def step_variants(vocab_size: int = 33_278) -> dict:
+    """The default model's training step, bench_train_step.py's shape and batch."""
+    preset, rows, block, _ = SHAPES["gcnn-8-small"]
     torch.manual_seed(0)
-    model = build_model("gcnn-8-small", vocab_size)
-    context = model.receptive_field - 1
-    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0)
-    targets = zipf_tokens(vocab_size, (rows, context + block), seed=1)
-    targets[:, :context] = -100
+    model = build_model(preset, vocab_size)
+    inputs, targets = training_batch(model, vocab_size, rows, block)
     calls = {}
     for precision in ("fp32", "bf16"):
         step = gcnn_step(model, inputs, targets, precision == "bf16", optimizer_for(model, "adamw"))
         calls[f"bit masks {precision}"] = step
 
-        def float_masks(step=step):
-            # the float path, as gcnn took it for every p before: 16 bits "cannot realize" p
-            with mock.patch.object(dropout, "drop_cut", lambda p: None):
+        def floats(step=step):
+            with float_masks():
                 step()
 
-        calls[f"float masks {precision}"] = float_masks
+        calls[f"float masks {precision}"] = floats
     return calls
 
 

@@ -58,6 +58,16 @@ def zipf_tokens(vocab_size: int, shape: tuple[int, int], seed: int = 0) -> torch
     return ids.view(shape)
 
 
+def training_batch(model, vocab_size: int, rows: int, block: int):
+    """inputs, targets of `rows` rows as the trainer feeds them: each row `block` scored tokens
+    after the model's receptive_field - 1 tokens of unscored context (targets -100 there)."""
+    context = model.receptive_field - 1
+    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0)
+    targets = zipf_tokens(vocab_size, (rows, context + block), seed=1)
+    targets[:, :context] = -100
+    return inputs, targets
+
+
 def useful_flops(model, targets: torch.Tensor) -> float:
     """3 x forward FLOPs: the network on every fed token, the head on every scored one, each
     tail on its own targets (counted from the batch's softmax plan)."""
@@ -147,10 +157,7 @@ def measure(
     torch.manual_seed(0)
     ours = build_model(preset, vocab_size).to(device)
     context = ours.receptive_field - 1
-    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0).to(device)
-    targets = zipf_tokens(vocab_size, (rows, context + block), seed=1)
-    targets[:, :context] = -100  # the unscored context, as in training
-    targets = targets.to(device)
+    inputs, targets = (t.to(device) for t in training_batch(ours, vocab_size, rows, block))
     precisions = ("fp32", "bf16")
     calls = {}
     for precision in precisions:

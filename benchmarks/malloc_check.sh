@@ -6,7 +6,8 @@
 # shapes) in processes with glibc's defaults (--malloc default) and with large blocks kept in the
 # heap as train.py keeps them (--malloc keep: gcnn.allocator, mallopt at glibc's 32 MB maximum
 # mmap threshold, no trimming, 512 MB top pad); the variants cannot share a process, so they
-# alternate PAIRS times (default 3) and each line is one run.
+# alternate PAIRS times (default 3) and each line is one run, flagged when bench_train_step.py
+# found the machine busy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pairs=${1:-3}
@@ -14,7 +15,8 @@ pairs=${1:-3}
 echo "load average before: $(cut -d' ' -f1 /proc/loadavg) ($(nproc) cores)"
 step() {
   python benchmarks/bench_train_step.py --shapes gcnn-8-small gcnn-small --no-plain --rounds 8 "$@" \
-    | awk '/^gcnn-8-small/{s="gcnn-8-small"} /^gcnn-small/{s="gcnn-small"} /^\| gcnn \|/{printf "%s %s %s ms  ", s, $4, $6} END{print ""}'
+    | awk '/^gcnn-8-small/{s="gcnn-8-small"} /^gcnn-small/{s="gcnn-small"} /^\| gcnn \|/{printf "%s %s %s ms  ", s, $4, $6}
+           /^warning:/{busy=1} END{print busy ? "(warning: the machine was busy during this run)" : ""}'
 }
 for ((i = 1; i <= pairs; i++)); do
   echo "glibc defaults: $(step --malloc default)"

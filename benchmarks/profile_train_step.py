@@ -31,7 +31,7 @@ from bench_train_step import (  # noqa: E402
     optimizer_for,
     plain_step,
     trainer_optimizer,
-    zipf_tokens,
+    training_batch,
 )
 from plain_port import plain_port  # noqa: E402
 
@@ -41,10 +41,7 @@ def steps_for(shape: str, vocab_size: int) -> tuple[dict, int]:
     preset, rows, block, opt = SHAPES[shape]
     torch.manual_seed(0)
     ours = build_model(preset, vocab_size)
-    context = ours.receptive_field - 1
-    inputs = zipf_tokens(vocab_size, (rows, context + block), seed=0)
-    targets = zipf_tokens(vocab_size, (rows, context + block), seed=1)
-    targets[:, :context] = -100
+    inputs, targets = training_batch(ours, vocab_size, rows, block)
     torch.manual_seed(0)
     port = plain_port(PRESETS[preset], vocab_size)
     calls = {}
