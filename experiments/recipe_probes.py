@@ -1,6 +1,6 @@
 """How the default run's recipe was chosen (issue 21): probes at the slowest CPU's budget.
 
-    python experiments/recipe_probes.py speed [SHAPE..] [--speed-record NAME]  # tokens/s, quiet
+    python experiments/recipe_probes.py speed [SHAPE..] [--speed-record NAME] [--rounds N]  # quiet
     python experiments/recipe_probes.py run [NAME..]  # the probes, 2 at a time, 1 thread each
     python experiments/recipe_probes.py record        # -> experiments/records/recipe/probes.json
 
@@ -45,6 +45,11 @@ SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); to
     # 17 and 9); at 200 updates kernel 2 beat kernel 4 (docs/results.md section 3)
     "8x128-k3": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[3,128]],repeat=8}]"],
     "8x128-k2": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[2,128]],repeat=8}]"],
+    # the fifth round (speed-4.json, bit-mask dropout): the rare words' softmax twice as wide (tails
+    # of 64 and 32 dimensions, not 32 and 8), and rows of 512 tokens (the 24 tokens of context each
+    # row recomputes cost half as much)
+    "8x128-tf2": ["--model", "gcnn-8-small", "--model-arg", "tail_factor=2"],
+    "8x128-b512": ["--model", "gcnn-8-small", "--block-size", "512"],
 }
 # The probes' dropout is their own flag; a shape's speed is measured at the probes' 0.1 unless
 # its flags say otherwise.
@@ -83,6 +88,12 @@ PROBES = {
     # (records/recipe/one-thread), weight decay 0.01 against 0.1
     "slower-P11": ("8x128", 2048, 0.02, 0.1, 2646),
     "slower-P15": ("8x128", 2048, 0.02, 0.1, 2646, ["--weight-decay", "0.1"]),
+    # fifth round: what might learn more per token than P15, at P15's 3,384 updates. The two new
+    # shapes ran within the timings' spread of 8x128 (speed-4.json: 3 rounds each, the default's
+    # own shape 15.7k-19.5k tokens/s between rounds), so they get its budget, not a ratio.
+    "P21": ("8x128", 2048, 0.03, 0.1, "slow", ["--weight-decay", "0.1"]),
+    "P22": ("8x128-tf2", 2048, 0.02, 0.1, 3384, ["--weight-decay", "0.1"]),
+    "P23": ("8x128-b512", 2048, 0.02, 0.1, 3384, ["--weight-decay", "0.1"]),
 }
 # The fourth round: P11 against P15 over seeds 2 and 3, to see whether weight decay 0.1's gain is
 # more than a seed's noise (run with gcnn's bit-mask dropout: another random stream, the same
@@ -139,28 +150,38 @@ def train(args: list[str], threads: int | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env)
 
 
-def speed(shapes: list[str]) -> dict:
-    """Tokens/s of gcnn-small and each shape at 2,048 tokens per update, one after the other,
-    both cores."""
-    out = {}
+def speed(shapes: list[str], rounds: int = 1) -> dict:
+    """Tokens/s of gcnn-small and each shape at 2,048 tokens per update, both cores: each shape
+    trains 120 updates, one after the other; with rounds > 1 the shapes take turns that many
+    times and each keeps its median, so that a slow minute of the machine does not fall on one
+    shape alone (the one-round records moved by up to 20% between runs)."""
+    samples: dict[str, list[int]] = {s: [] for s in dict.fromkeys(["gcnn-small", *shapes])}
     meter = LoadMeter().start()
     with reported_load():
-        for shape in dict.fromkeys(["gcnn-small", *shapes]):
-            extra = SHAPES[shape]
-            run = RUNS / f"speed-{shape}"
-            shutil.rmtree(run, ignore_errors=True)
-            args = ["--model", "gcnn-small", *extra, "--max-updates", "120", "--log-every", "20",
-                    "--valid-tokens", "1000", "--tokens-per-batch", "2048", "--precision", "bf16",
-                    "--no-progress", "--out", str(run)]  # fmt: skip
-            if train(args).wait() != 0:
-                raise GcnnError(f"the speed run of {shape} failed")
-            rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-            rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")][1:]  # warm
-            out[shape] = round(sum(rates) / len(rates))
-            print(f"{shape}: {out[shape]:,} tokens/s", flush=True)
+        for _ in range(rounds):
+            for shape in samples:
+                run = RUNS / f"speed-{shape}"
+                shutil.rmtree(run, ignore_errors=True)
+                args = ["--model", "gcnn-small", *SHAPES[shape], "--max-updates", "120",
+                        "--log-every", "20", "--valid-tokens", "1000", "--tokens-per-batch",
+                        "2048", "--precision", "bf16", "--no-progress",
+                        "--out", str(run)]  # fmt: skip
+                if train(args).wait() != 0:
+                    raise GcnnError(f"the speed run of {shape} failed")
+                # The run's checkpoint (100 MB for gcnn-small) is written back to disk by the
+                # kernel after the process exits; unflushed, that ran beside the next shape's
+                # timing and made whichever came after gcnn-small 10-20% slower.
+                os.sync()
+                rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+                rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")][1:]  # warm
+                samples[shape].append(round(sum(rates) / len(rates)))
+                print(f"{shape}: {samples[shape][-1]:,} tokens/s", flush=True)
+    out = {shape: sorted(v)[len(v) // 2] for shape, v in samples.items()}
     base = out["gcnn-small"]
     return {
         "cpu": cpu_name(),
+        "rounds": rounds,
+        "samples": samples,
         "tokens_per_s": out,
         "ratio": {k: round(v / base, 2) for k, v in out.items()},
         "load": meter.stop().to_json(),
@@ -231,13 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help=f"probes to run (default: all): {', '.join(PROBES)}; "
                    f"or, for speed, shapes (default: all): {', '.join(SHAPES)}")  # fmt: skip
     p.add_argument("--speed-record", default="speed", help="speed: records/recipe/NAME.json")
+    p.add_argument("--rounds", type=int, default=1, help="speed: turns per shape (median kept)")
     a = p.parse_args(argv)
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     if a.what == "speed":
         unknown = set(a.names) - set(SHAPES)
         if unknown:
             raise GcnnError(f"unknown shape(s) {sorted(unknown)}; choose from {', '.join(SHAPES)}")
-        result = speed(a.names or list(SHAPES))
+        if not 1 <= a.rounds <= 20:
+            raise GcnnError(f"--rounds {a.rounds}: choose 1 to 20")
+        result = speed(a.names or list(SHAPES), a.rounds)
         (RECORD.parent / f"{a.speed_record}.json").write_text(json.dumps(result, indent=1) + "\n")
     elif a.what == "run":
         unknown = set(a.names) - set(PROBES)

@@ -7,6 +7,7 @@ widths), so these tests run in seconds on a CPU.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -312,6 +313,27 @@ def test_train_step_benchmark_runs():
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert "| gcnn | bf16 |" in out and "| plain | fp32 |" in out and "MFU" in out
+
+
+def test_variants_benchmark_times_each_variant_on_its_own_batches(tiny_corpus):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_variants.py"
+    tiny = "--model-arg embed_dim=16 --model-arg cutoffs=[20] --tokens-per-batch 32"
+    variants = [
+        f"{tiny} --model-arg blocks=[{{layers=[[3,16]],repeat=2}}] --block-size 8",
+        f"{tiny} --model-arg blocks=[{{layers=[[2,16]],repeat=1}}] --block-size 16",
+    ]
+    command = [sys.executable, str(script), *variants, "--data", str(tiny_corpus), "--rounds", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| --data")]
+    # each variant with its own batch shape: rows x (context + block), context = field - 1
+    assert "[4x(4+8), bf16]" in rows[0] and rows[0].endswith("| 1.000x |")
+    assert "[2x(1+16), bf16]" in rows[1]
+    lstm = "--model lstm-small --tokens-per-batch 32 --block-size 8"
+    bad = subprocess.run([*command[:2], lstm, "--data", str(tiny_corpus)],
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    assert bad.returncode != 0 and "only GCNNs" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # --- training ----------------------------------------------------------------------------------
