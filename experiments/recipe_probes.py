@@ -32,27 +32,47 @@ RUNS = ROOT / "runs" / "recipe-probes"
 RECORD = ROOT / "experiments" / "records" / "recipe" / "probes.json"
 SLOW_TOKENS = 940 * 4096  # the AMX Xeon's default run: 940 updates of 4,096 tokens in 9 minutes
 FAST_TOKENS = 2269 * 4096  # the Zen 5 EPYC's
+TAILS_4 = ["--model-arg", "tail_factor=4"]
 SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); tokens/s from `speed`
     "gcnn-small": [],
     "6x192": ["--model-arg", "blocks=[{layers=[[4,192]],repeat=6}]"],
     "8x128": ["--model-arg", "blocks=[{layers=[[4,128]],repeat=8}]"],
     # the second round (records/recipe/speed-2.json): what changes the step's speed as well as what
     # it learns per token (dropout's mask draws: profile_train_step.py --shape gcnn-8-small)
-    "8x128-d0": ["--model", "gcnn-8-small", "--dropout", "0"],
-    "8x128-tied": ["--model", "gcnn-8-small", "--model-arg", "tie_embeddings=true"],
-    "8x96": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[4,96]],repeat=8}]"],
+    "8x128-d0": ["--model", "gcnn-8-small", *TAILS_4, "--dropout", "0"],
+    "8x128-tied": ["--model", "gcnn-8-small", *TAILS_4, "--model-arg", "tie_embeddings=true"],
+    "8x96": [
+        "--model",
+        "gcnn-8-small",
+        *TAILS_4,
+        "--model-arg",
+        "blocks=[{layers=[[4,96]],repeat=8}]",
+    ],
     # the third round (speed-3.json): narrower kernels, fewer convolution FLOPs (receptive fields
     # 17 and 9); at 200 updates kernel 2 beat kernel 4 (docs/results.md section 3)
-    "8x128-k3": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[3,128]],repeat=8}]"],
-    "8x128-k2": ["--model", "gcnn-8-small", "--model-arg", "blocks=[{layers=[[2,128]],repeat=8}]"],
+    "8x128-k3": [
+        "--model",
+        "gcnn-8-small",
+        *TAILS_4,
+        "--model-arg",
+        "blocks=[{layers=[[3,128]],repeat=8}]",
+    ],
+    "8x128-k2": [
+        "--model",
+        "gcnn-8-small",
+        *TAILS_4,
+        "--model-arg",
+        "blocks=[{layers=[[2,128]],repeat=8}]",
+    ],
     # the fifth round (speed-4.json, bit-mask dropout): the rare words' softmax twice as wide (tails
     # of 64 and 32 dimensions, not 32 and 8), and rows of 512 tokens (the 24 tokens of context each
     # row recomputes cost half as much)
     "8x128-tf2": ["--model", "gcnn-8-small", "--model-arg", "tail_factor=2"],
-    "8x128-b512": ["--model", "gcnn-8-small", "--block-size", "512"],
+    "8x128-b512": ["--model", "gcnn-8-small", *TAILS_4, "--block-size", "512"],
 }
 # The probes' dropout is their own flag; a shape's speed is measured at the probes' 0.1 unless
-# its flags say otherwise.
+# its flags say otherwise. The shapes built from the gcnn-8-small preset name the 32- and 8-wide
+# tails it had when they ran (TAILS_4): the preset's are 64 and 32 wide since the fifth round.
 # name: (shape, tokens per update, lr, dropout, updates[, other flags]). The updates: SLOW_TOKENS
 # (or FAST_TOKENS) x the shape's tokens/s over gcnn-small's, / the tokens per update. P7 and P8 used
 # ratios of a short first timing (1.55, 2.18); `speed`, measured quiet afterwards, gives 1.44 and
@@ -94,11 +114,16 @@ PROBES = {
     "P21": ("8x128", 2048, 0.03, 0.1, "slow", ["--weight-decay", "0.1"]),
     "P22": ("8x128-tf2", 2048, 0.02, 0.1, 3384, ["--weight-decay", "0.1"]),
     "P23": ("8x128-b512", 2048, 0.02, 0.1, 3384, ["--weight-decay", "0.1"]),
+    # P22's wider tails at their own budget: 0.957x the default's speed, interleaved in one
+    # process against a twin of each (records/recipe/variants-tf2.txt), so 3,384 x 0.957
+    "P24": ("8x128-tf2", 2048, 0.02, 0.1, 3238, ["--weight-decay", "0.1"]),
+    "P25": ("8x128-tf2", 2048, 0.03, 0.1, 3238, ["--weight-decay", "0.1"]),
 }
 # The fourth round: P11 against P15 over seeds 2 and 3, to see whether weight decay 0.1's gain is
 # more than a seed's noise (run with gcnn's bit-mask dropout: another random stream, the same
-# distribution).
-for _name, _decay in (("P11", "0.01"), ("P15", "0.1")):
+# distribution); the fifth, P21 (lr 3e-2) against P15 and P25 (lr 3e-2 and wider tails, at their
+# own budget) against P21 the same way.
+for _name, _decay in (("P11", "0.01"), ("P15", "0.1"), ("P21", "0.1"), ("P25", "0.1")):
     for _seed in (2, 3):
         PROBES[f"{_name}-s{_seed}"] = (
             *PROBES[_name][:5],
@@ -230,19 +255,24 @@ def test_ppl(run: Path) -> float | None:
     return round(json.loads(cached.read_text())["perplexity"], 2) if cached.exists() else None
 
 
+# (better, worse): each claim that one recipe beats another, judged over seeds 1-3
+SEED_CLAIMS = (("P15", "P11"), ("P21", "P15"), ("P25", "P21"), ("P25", "P15"))
+
+
 def seed_verdicts(probes: dict) -> dict:
-    """The fourth round's verdicts, test and best validation perplexity, seeds 1-3 paired
-    (seed 1 is the probe without a suffix), by experiments/stats.py's rule."""
+    """Each SEED_CLAIMS verdict on test and best validation perplexity, seeds 1-3 paired (seed 1
+    is the probe without a suffix), by experiments/stats.py's rule."""
     from stats import Arm, verdict
 
     out = {}
-    for metric in ("test_ppl", "best_valid_ppl"):
-        arms = []
-        for name in ("P15", "P11"):
-            runs = {1: name, 2: f"{name}-s2", 3: f"{name}-s3"}
-            values = {seed: probes[n][metric] for seed, n in runs.items() if n in probes}
-            arms.append(Arm(f"{name} ({metric})", values))
-        out[metric] = verdict(*arms)
+    for better, worse in SEED_CLAIMS:
+        for metric in ("test_ppl", "best_valid_ppl"):
+            arms = []
+            for name in (better, worse):
+                runs = {1: name, 2: f"{name}-s2", 3: f"{name}-s3"}
+                values = {seed: probes[n][metric] for seed, n in runs.items() if n in probes}
+                arms.append(Arm(f"{name} ({metric})", values))
+            out[f"{better} < {worse}, {metric}"] = verdict(*arms)
     return out
 
 

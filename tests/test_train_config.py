@@ -48,7 +48,10 @@ def test_small_presets_default_to_their_own_recipe_and_flags_still_win():
     from gcnn.training.recipe import SMALL_RECIPES, TOKENS_PER_BATCH
 
     gcnn = resolve(config_from([]))
-    assert {k: getattr(gcnn, k) for k in SMALL_RECIPES["gcnn"]} == SMALL_RECIPES["gcnn"]
+    assert {k: getattr(gcnn, k) for k in SMALL_RECIPES["gcnn-8-small"]} == SMALL_RECIPES[
+        "gcnn-8-small"
+    ]
+    assert gcnn.lr == 3e-2 and resolve(config_from(["--model", "gcnn-small"])).lr == 2e-2
     lstm = resolve(config_from(["--model", "lstm-small"]))
     assert (lstm.tokens_per_batch, lstm.lr, lstm.dropout) == (TOKENS_PER_BATCH, 1e-2, None)
     mine = resolve(config_from(["--tokens-per-batch", "1024", "--lr", "0.005", "--dropout", "0"]))
