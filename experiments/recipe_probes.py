@@ -118,6 +118,9 @@ PROBES = {
     # process against a twin of each (records/recipe/variants-tf2.txt), so 3,384 x 0.957
     "P24": ("8x128-tf2", 2048, 0.02, 0.1, 3238, ["--weight-decay", "0.1"]),
     "P25": ("8x128-tf2", 2048, 0.03, 0.1, 3238, ["--weight-decay", "0.1"]),
+    # P25 at the Zen 5's budget (fast-P15's 7,896 updates x 0.957), to check that the fastest CPU
+    # met so far is not worse off with it
+    "fast-P25": ("8x128-tf2", 2048, 0.03, 0.1, 7556, ["--weight-decay", "0.1"]),
 }
 # The fourth round: P11 against P15 over seeds 2 and 3, to see whether weight decay 0.1's gain is
 # more than a seed's noise (run with gcnn's bit-mask dropout: another random stream, the same

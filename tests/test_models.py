@@ -329,7 +329,10 @@ def test_variants_benchmark_times_each_variant_on_its_own_batches(tiny_corpus):
     rows = [line for line in run.stdout.splitlines() if line.startswith("| --data")]
     # each variant with its own batch shape: rows x (context + block), context = field - 1
     assert "[4x(4+8), bf16]" in rows[0] and rows[0].endswith("| 1.000x |")
-    assert "[2x(1+16), bf16]" in rows[1]
+    assert "[2x(1+16), bf16]" in rows[1] and len(rows) == 2
+    # the first again, as its own twin: the control that says whether the ratios can be trusted
+    (twin,) = [line for line in run.stdout.splitlines() if line.startswith("| twin of the first")]
+    assert "[4x(4+8), bf16]" in twin
     lstm = "--model lstm-small --tokens-per-batch 32 --block-size 8"
     bad = subprocess.run([*command[:2], lstm, "--data", str(tiny_corpus)],
                          capture_output=True, text=True, env=env)  # fmt: skip
