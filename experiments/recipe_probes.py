@@ -109,8 +109,8 @@ PROBES = {
     "slower-P11": ("8x128", 2048, 0.02, 0.1, 2646),
     "slower-P15": ("8x128", 2048, 0.02, 0.1, 2646, ["--weight-decay", "0.1"]),
     # fifth round: what might learn more per token than P15, at P15's 3,384 updates. The two new
-    # shapes ran within the timings' spread of 8x128 (speed-4.json: 3 rounds each, the default's
-    # own shape 15.7k-19.5k tokens/s between rounds), so they get its budget, not a ratio.
+    # shapes ran within the timings' spread of 8x128 (speed-4-earlier/ and speed-4.json: the
+    # default's own shape 15.7k-20.8k tokens/s between runs), so they get its budget, not a ratio.
     "P21": ("8x128", 2048, 0.03, 0.1, "slow", ["--weight-decay", "0.1"]),
     "P22": ("8x128-tf2", 2048, 0.02, 0.1, 3384, ["--weight-decay", "0.1"]),
     "P23": ("8x128-b512", 2048, 0.02, 0.1, 3384, ["--weight-decay", "0.1"]),
@@ -197,8 +197,9 @@ def speed(shapes: list[str], rounds: int = 1) -> dict:
                 if train(args).wait() != 0:
                     raise GcnnError(f"the speed run of {shape} failed")
                 # The run's checkpoint (100 MB for gcnn-small) is written back to disk by the
-                # kernel after the process exits; unflushed, that ran beside the next shape's
-                # timing and made whichever came after gcnn-small 10-20% slower.
+                # kernel after the process exits, beside the next shape's timing unless flushed
+                # here (in one run the shape after gcnn-small was the slowest of every round;
+                # the runs after this sync were no less noisy, so that was not all of it).
                 os.sync()
                 rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
                 rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")][1:]  # warm
