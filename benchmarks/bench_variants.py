@@ -1,15 +1,16 @@
 """Training-step speed of recipe variants, interleaved in one process on real batches.
 
     python benchmarks/bench_variants.py "--model gcnn-8-small" \\
-        "--model gcnn-8-small --model-arg tail_factor=2" "--model gcnn-8-small --block-size 512"
+        "--model gcnn-8-small --model-arg tail_factor=4" "--model gcnn-8-small --block-size 512"
 
 Each argument is a variant as train.py's flags. Each is built as train.py builds it (the recipe's
-defaults, its optimizer, its own batch of the WikiText-2 training split: the same rows, context
-and softmax plan the run would train on) and the variants' steps are timed in interleaved rounds,
-so that a slow minute of a shared machine falls on all of them alike. A sequential timing, one
-`train.py` run per variant, moved by up to 20% between runs on the EPYC Zen 4
-(experiments/records/recipe/speed-4.json); this is how a variant's speed relative to the first
-is measured before a recipe probe is given its budget.
+defaults, its optimizer, its own first batches of the WikiText-2 training split: the same rows,
+context and softmax plans the run would train on) and the variants' steps are timed in
+interleaved rounds, so that a slow minute of a shared machine falls on all of them alike. A
+sequential timing, one `train.py` run per variant, read 15,663-20,823 tokens/s for the same model
+across four runs within 15 minutes on the EPYC Zen 4 (experiments/records/recipe/speed-4-earlier/,
+speed-4.json); this is how a variant's speed relative to the first is measured before a recipe
+probe is given its budget.
 
 Prints each variant's median step time and scored tokens/s, its speed relative to the first, and
 the load before and after (a warning when other work was running). The first variant is timed a
@@ -37,10 +38,10 @@ from bench_train_step import gcnn_step  # noqa: E402
 MAX_VARIANTS = 8
 BATCHES = 4  # the first batches of the first epoch, each variant's own
 STEPS_PER_TURN = 8
-# How far the twin (the first variant built again) may stray from the first. In three of seven
-# runs on the EPYC Zen 4 one or two instances ran 15-45% slower than identical ones for the whole
-# run (the same model, batches and optimizer in the same process: not the variant, the instance);
-# otherwise identical models agreed within 5%, and the recorded run within 0.3%.
+# How far the twin (the first variant built again) may stray from the first. On an EPYC Zen 4 an
+# instance of a model now and then ran at 0.62-0.69x the speed of one doing the same work, for
+# the whole run, in the same process: the instance, not the variant (experiments/records/recipe/
+# variants-tries/); twins otherwise agreed within 1.5% (variants-tf2.txt, variants-tails-twin.txt).
 TWIN_TOLERANCE = 0.03
 
 

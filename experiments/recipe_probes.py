@@ -182,7 +182,8 @@ def speed(shapes: list[str], rounds: int = 1) -> dict:
     """Tokens/s of gcnn-small and each shape at 2,048 tokens per update, both cores: each shape
     trains 120 updates, one after the other; with rounds > 1 the shapes take turns that many
     times and each keeps its median, so that a slow minute of the machine does not fall on one
-    shape alone (the one-round records moved by up to 20% between runs)."""
+    shape alone (on the EPYC Zen 4 the default's shape read 15,663-20,823 tokens/s across runs
+    within 15 minutes: records/recipe/speed-4-earlier/ and speed-4.json)."""
     samples: dict[str, list[int]] = {s: [] for s in dict.fromkeys(["gcnn-small", *shapes])}
     meter = LoadMeter().start()
     with reported_load():
