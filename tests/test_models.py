@@ -437,6 +437,24 @@ def test_ignore_index_is_the_data_convention():
     assert IGNORE_INDEX == gcnn.data.IGNORE_INDEX == -100
 
 
+@pytest.mark.parametrize("preset", ["gcnn-8", "lstm-small"])
+def test_set_dropout_switches_every_dropout_off_and_back_to_its_rate(preset):
+    model = tiny(preset, dropout=0.3)
+    rates = lambda: [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]  # noqa: E731
+    configured = rates()
+    assert 0.3 in configured
+    x = torch.randint(0, V, (2, 10))
+    model.eval()
+    want = model(x)[0]
+    model.train()
+    model.set_dropout(False)  # training mode, no dropout: the eval forward exactly
+    assert set(rates()) == {0.0}
+    assert torch.equal(model(x)[0], want)
+    model.set_dropout(True)
+    assert rates() == configured
+    assert not torch.equal(model(x)[0], want)
+
+
 def test_block_dropout_acts_on_conv_inputs_in_training_only():
     model = tiny("gcnn-8", dropout=0.5)
     block, conv = model.blocks[1], model.blocks[1].convs[0]

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from gcnn.checkpoint import load_checkpoint, load_model
+from gcnn.models.dropout import Dropout
 from gcnn.training import trainer as trainer_module
 from gcnn.training.cli import main
 
@@ -145,6 +146,29 @@ def test_grad_accum_equals_the_big_batch(tiny_corpus, tmp_path):
     wa = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
     wb = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_late_dropout_trains_its_first_epochs_without_dropout(tiny_corpus, tmp_path, monkeypatch):
+    rates, updates = [], []  # the p of each training-mode dropout call; (epoch, rates) per update
+    dropout_forward, update = Dropout.forward, trainer_module.Trainer.update
+
+    def spy_dropout(self, x):
+        if self.training and self.rate:  # the softmax's dropout is configured at 0
+            rates.append(self.p)
+        return dropout_forward(self, x)
+
+    def spy_update(self, stopper):
+        rates.clear()
+        result = update(self, stopper)
+        updates.append((self.progress.epoch, set(rates)))
+        return result
+
+    monkeypatch.setattr(Dropout, "forward", spy_dropout)
+    monkeypatch.setattr(trainer_module.Trainer, "update", spy_update)
+    flags = ("--dropout", "0.2", "--dropout-from-epoch", "1", "--max-epochs", "2")
+    assert main(args(tiny_corpus, tmp_path / "run", *flags)) == 0
+    by_epoch = {epoch: set().union(*(r for e, r in updates if e == epoch)) for epoch, _ in updates}
+    assert by_epoch == {0: {0.0}, 1: {0.2}}
 
 
 def test_nan_losses_are_skipped_counted_and_stop_the_run(

@@ -33,11 +33,12 @@ def losses(out: Path) -> dict[tuple[int, str], float]:
 @pytest.mark.parametrize("family", ["gcnn", "lstm"])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_corpus, tmp_path, family):
     # Long enough (several epochs: reshuffling, lr decay, validations) that the kill lands
-    # mid-run; dropout stays on, so the restored RNG state matters.
+    # mid-run; dropout is on from the second epoch (late dropout: the resumed run must switch
+    # it as the reference did), so the restored RNG state matters.
     base = TINY if family == "gcnn" else TINY_LSTM
     updates = 60
     flags = ("--max-updates", str(updates), "--valid-every", "15", "--save-every", "4",
-             "--log-every", "1", "--dropout", "0.2")  # fmt: skip
+             "--log-every", "1", "--dropout", "0.2", "--dropout-from-epoch", "1")  # fmt: skip
 
     reference = tmp_path / "reference"
     assert main(args(tiny_corpus, reference, *flags, base=base)) == 0

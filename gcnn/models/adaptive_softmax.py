@@ -46,7 +46,8 @@ class _TargetLogSoftmax(torch.autograd.Function):
         # at least fp32 (bf16/fp16 logits are upcast; a float64 model stays float64): a bf16
         # log-sum-exp over thousands of logits would lose most of its precision
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        log_probs = F.log_softmax(logits.to(dtype), dim=-1)
+        # dtype= upcasts inside the kernel: no fp32 copy of the logits is written and read back
+        log_probs = F.log_softmax(logits, dim=-1, dtype=dtype)
         ctx.save_for_backward(log_probs, target)
         ctx.logits_dtype = logits.dtype
         return log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
@@ -150,7 +151,7 @@ class AdaptiveSoftmax(nn.Module):
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         # At least fp32 (bf16/fp16 logits are upcast; a float64 model stays float64).
-        return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        return F.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
 
     def log_prob(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full log-distribution (..., vocab_size) in fp32, for sampling and evaluation."""

@@ -16,6 +16,7 @@ from torch.nn.utils import parametrize
 from gcnn.data import IGNORE_INDEX
 from gcnn.errors import GcnnError
 from gcnn.models.adaptive_softmax import AdaptiveSoftmax, TiedEmbedding
+from gcnn.models.dropout import Dropout
 
 
 class LanguageModel(nn.Module):
@@ -97,6 +98,17 @@ class LanguageModel(nn.Module):
             state = self.init_state(tokens.size(0), tokens.device)
         hidden, state = self(tokens.unsqueeze(1), state)
         return self.softmax.log_prob(hidden[:, 0]), state
+
+    def set_dropout(self, on: bool) -> None:
+        """Switch every dropout of the model on (its configured rates) or off, in training mode
+        too: late dropout (TrainConfig.dropout_from_epoch) trains the first epochs without it.
+        The initialisation, scaled by the configured rate (fairseq's), is left as it was."""
+        for module in self.modules():
+            if isinstance(module, Dropout):
+                module.switch(on)
+            elif isinstance(module, nn.RNNBase):  # nn.LSTM's own dropout between its layers
+                rate = module.__dict__.setdefault("_gcnn_dropout_rate", module.dropout)
+                module.dropout = rate if on else 0.0
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

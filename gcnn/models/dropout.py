@@ -46,6 +46,14 @@ class Dropout(nn.Dropout):
     under torch.compile the float mask is traced and the compiler draws it.
     """
 
+    def __init__(self, p: float = 0.5, inplace: bool = False):
+        super().__init__(p, inplace)
+        self.rate = p  # the configured p; `self.p` is 0 while late dropout holds it off
+
+    def switch(self, on: bool) -> None:
+        """Drop at the configured rate (on) or not at all (off): see LanguageModel.set_dropout."""
+        self.p = self.rate if on else 0.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)

@@ -51,6 +51,9 @@ class TrainConfig:
     momentum: float = 0.99  # nag only
     weight_decay: float | None = None  # None: 5e-6 (nag), 0.01 on matrices (adamw)
     clip_norm: float | None = None  # None: 0.1 (nag), 1.0 (adamw); 0 disables clipping
+    # late dropout: train without dropout for this many epochs, then at the model's rates (its
+    # initialisation is the rates' either way); None: the recipe's (0 unless SMALL_RECIPES says)
+    dropout_from_epoch: int | None = None
     lr_shrink: float = 0.5  # nag: factor applied when validation loss stops improving
     min_lr: float = 1e-5  # nag: stop once the lr falls below; adamw: floor of the cosine
     warmup_updates: int = 50  # adamw: linear warm-up
@@ -103,8 +106,8 @@ class TrainConfig:
         for name in ("tokens_per_batch", "max_epochs", "max_updates", "vocab_size", "valid_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("valid_every", "save_every", "warmup_updates"):
-            if getattr(self, name) < 0:
+        for name in ("valid_every", "save_every", "warmup_updates", "dropout_from_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise bad(name, "must be 0 or more")
         if self.context is not None and self.context < 0:
             raise bad("context", "must be 0 or more")
@@ -274,6 +277,12 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g.add_argument("--lr-shrink", type=float)
     g.add_argument("--min-lr", type=float)
     g.add_argument("--warmup-updates", type=int)
+    g.add_argument(
+        "--dropout-from-epoch",
+        type=int,
+        metavar="E",
+        help="late dropout: none in the first E epochs, then the model's (default: the recipe's)",
+    )
     g = p.add_argument_group("stopping")
     g.add_argument("--max-epochs", type=int)
     g.add_argument("--max-updates", type=int)

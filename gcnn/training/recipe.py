@@ -72,6 +72,8 @@ def resolve(config: TrainConfig, model=None) -> TrainConfig:
         c.lr = 1.0 if nag else 1e-2
     if c.weight_decay is None:
         c.weight_decay = 5e-6 if nag else 0.01
+    if c.dropout_from_epoch is None:
+        c.dropout_from_epoch = 0
     if c.clip_norm is None:
         c.clip_norm = 0.1 if nag else 1.0
     if c.max_epochs is None and c.max_updates is None and c.max_minutes is None:

@@ -219,9 +219,10 @@ def describe(
     parameters = sum(t.numel() for t in model.parameters())
     until = f"{horizon} updates" if horizon else f"{c.max_minutes:g} minutes"
     resumed = f", resuming at update {p.step}" if p.step else ""
+    late = f", no dropout for {c.dropout_from_epoch} epoch(s)" if c.dropout_from_epoch else ""
     return (
         f"{c.model}: {parameters / 1e6:.2f}M parameters, vocabulary {model.config.vocab_size}, "
-        f"context {c.context}; {c.optimizer} lr {c.lr:g}; {feed.rows} x {c.block_size} "
+        f"context {c.context}; {c.optimizer} lr {c.lr:g}{late}; {feed.rows} x {c.block_size} "
         f"tokens x {c.grad_accum} accum x {feed.batcher.world_size} proc per update; "
         f"{feed.updates_per_epoch} updates/epoch; {until} on {device} "
         f"({c.precision}){resumed}; run dir {run.out}"

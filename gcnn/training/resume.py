@@ -47,6 +47,7 @@ MAY_CHANGE = (
     "momentum",
     "weight_decay",
     "clip_norm",
+    "dropout_from_epoch",
     "precision",
     "compile",
     "device",

@@ -149,6 +149,7 @@ class Trainer:
         self.train_state = None  # the LSTM's carried state
         self.saved_step = -1
         self.over_time = False
+        self.dropout_on = True  # the model as built: the first update switches it as it must
         self.stopper: SignalStopper | None = None  # set while `fit` runs
         self.session_t0 = time.perf_counter()
 
@@ -244,6 +245,9 @@ class Trainer:
         micro = self.feed.update_batches(at)
         if at.epoch != p.epoch:
             self.train_state = None  # the LSTM's streams restart with the epoch
+        if (on := at.epoch >= c.dropout_from_epoch) != self.dropout_on:  # late dropout
+            self.model.set_dropout(on)
+            self.dropout_on = on
         p.epoch, p.batch = at.epoch, at.batch + c.grad_accum
         # DDP averages gradients over ranks; scale so the result is sum / GLOBAL count.
         scale = self.dist.world_size / max(global_count, 1)
