@@ -134,20 +134,28 @@ PROBES = {
     "slower-P29": ("8x128-tf2", 2048, 0.03, 0.1, 2762, ["--weight-decay", "0.1", *LATE_3]),
     "P29": ("8x128-tf2", 2048, 0.03, 0.1, 3238, ["--weight-decay", "0.1", *LATE_3]),
     "fast-P29": ("8x128-tf2", 2048, 0.03, 0.1, 7556, ["--weight-decay", "0.1", *LATE_3]),
+    # ... and at its own budgets: without dropout the step ran at 1.057x the default's speed
+    # (records/recipe/variants-dropout0.txt, twin 1.020x), so the one-thread budget's 2,762
+    # updates (all in the first 3 epochs) become 2,919; the Xeon's 3,238 become 3,060 / 1.057
+    # (the first 3 epochs, 1,020 updates each) + (3,238 - 3,060 / 1.057) = 3,403
+    "slower-P30": ("8x128-tf2", 2048, 0.03, 0.1, 2919, ["--weight-decay", "0.1", *LATE_3]),
+    "P30": ("8x128-tf2", 2048, 0.03, 0.1, 3403, ["--weight-decay", "0.1", *LATE_3]),
 }
 # The fourth round: P11 against P15 over seeds 2 and 3, to see whether weight decay 0.1's gain is
 # more than a seed's noise (run with gcnn's bit-mask dropout: another random stream, the same
 # distribution); the fifth, P21 (lr 3e-2) against P15 and P25 (lr 3e-2 and wider tails, at their
 # own budget) against P21 the same way.
-# The sixth: P27 (dropout 0) against slower-P25 at the one-thread budget.
+# The sixth: P27 (dropout 0) and slower-P30 (late dropout at its own budget) against slower-P25
+# at the one-thread budget.
 for _name, _decay in (
     ("P11", "0.01"), ("P15", "0.1"), ("P21", "0.1"), ("P25", "0.1"), ("slower-P25", "0.1"),
-    ("P27", "0.1"),
+    ("P27", "0.1"), ("slower-P30", "0.1"),
 ):  # fmt: skip
     for _seed in (2, 3):
+        _late = LATE_3 if LATE_3[0] in (PROBES[_name][5:] or [[]])[0] else []
         PROBES[f"{_name}-s{_seed}"] = (
             *PROBES[_name][:5],
-            ["--weight-decay", _decay, "--seed", str(_seed)],
+            ["--weight-decay", _decay, *_late, "--seed", str(_seed)],
         )
 
 
@@ -283,6 +291,7 @@ def test_ppl(run: Path) -> float | None:
 # (better, worse): each claim that one recipe beats another, judged over seeds 1-3
 SEED_CLAIMS = (
     ("P15", "P11"), ("P21", "P15"), ("P25", "P21"), ("P25", "P15"), ("P27", "slower-P25"),
+    ("slower-P30", "slower-P25"),
 )  # fmt: skip
 
 
