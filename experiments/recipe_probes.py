@@ -103,10 +103,10 @@ PROBES = {
     "P17": ("8x128-k3", 2048, 0.02, 0.1, "slow"),
     "P18": ("8x128-k2", 2048, 0.02, 0.1, "slow"),
     "P19": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.2"]),
-    "P20": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.05"]),  # not run yet
+    "P20": ("8x128", 2048, 0.02, 0.1, "slow", ["--weight-decay", "0.05"]),
     "fast-P15": ("8x128", 2048, 0.02, 0.1, 7896, ["--weight-decay", "0.1"]),  # as fast-P8
     # a CPU slower than the Xeon: the updates of the default run on one Zen 4 thread
-    # (records/recipe/one-thread), weight decay 0.01 against 0.1
+    # (records/recipe/one-thread-lr0.02-tails4), weight decay 0.01 against 0.1
     "slower-P11": ("8x128", 2048, 0.02, 0.1, 2646),
     "slower-P15": ("8x128", 2048, 0.02, 0.1, 2646, ["--weight-decay", "0.1"]),
     # fifth round: what might learn more per token than P15, at P15's 3,384 updates. The two new
@@ -123,7 +123,7 @@ PROBES = {
     # met so far is not worse off with it
     "fast-P25": ("8x128-tf2", 2048, 0.03, 0.1, 7556, ["--weight-decay", "0.1"]),
     # sixth round: the default (P25's recipe) at the budget of its own timed run on one Zen 4
-    # thread (records/recipe/one-thread: 2,762 updates, test 141.38), where it misses the goal;
+    # thread (records/recipe/one-thread-nolate: 2,762 updates, test 141.38), where it missed;
     # then what might learn more in 2.7 epochs: less dropout, a higher lr
     "slower-P25": ("8x128-tf2", 2048, 0.03, 0.1, 2762, ["--weight-decay", "0.1"]),
     "P26": ("8x128-tf2", 2048, 0.03, 0.05, 2762, ["--weight-decay", "0.1"]),
