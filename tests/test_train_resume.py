@@ -62,6 +62,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_corpus, tmp_path, 
         proc.kill()
     killed_at = load_checkpoint(run / "checkpoint_last.pt")["step"]
     assert 0 < killed_at < updates, "the kill came too late to test resuming"
+    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    dropout_starts = min(r["step"] for r in rows if r["epoch"] >= 1)
+    assert killed_at < dropout_starts, "the kill came too late to resume across late dropout"
 
     resumed = subprocess.run(
         [*command, "--resume"], capture_output=True, text=True, env=ENV, timeout=120
