@@ -244,6 +244,22 @@ def _env(name: str, value: str):
             os.environ[name] = before
 
 
+def add_malloc_option(parser) -> None:
+    """--malloc, for the benchmarks that time or profile the training step."""
+    parser.add_argument(
+        "--malloc",
+        choices=["keep", "default"],
+        default="keep",
+        help="keep: glibc keeps large blocks, as train.py sets it (gcnn.allocator); default: "
+        "glibc's own thresholds, whose page faults show up in whichever op allocates",
+    )
+
+
+def set_malloc(choice: str) -> str:
+    """Apply --malloc; returns what was done, for the output."""
+    return keep_large_blocks() if choice == "keep" else "malloc: glibc's own thresholds"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/bench_train_step.py", description=__doc__
@@ -270,13 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
-    parser.add_argument(
-        "--malloc",
-        choices=["keep", "default"],
-        default="keep",
-        help="keep: glibc keeps large blocks, as train.py sets it (gcnn.allocator); default: "
-        "glibc's own thresholds",
-    )
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or (args.vocab_size or 12_000) < 12_000 or args.rows < 0 or args.block < 0:
         raise GcnnError(

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from gcnn.allocator import keep_large_blocks
 from gcnn.errors import GcnnError, run_cli
 from gcnn.machine import cpu_name, reported_load
 from gcnn.models import PRESETS, build_model
@@ -28,9 +27,11 @@ from gcnn.models import PRESETS, build_model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import (  # noqa: E402
     SHAPES,
+    add_malloc_option,
     gcnn_step,
     optimizer_for,
     plain_step,
+    set_malloc,
     trainer_optimizer,
     training_batch,
 )
@@ -99,13 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is)")
     parser.add_argument("--json", type=Path, help="write the per-op tables here")
-    parser.add_argument(
-        "--malloc",
-        choices=["keep", "default"],
-        default="keep",
-        help="keep: glibc keeps large blocks, as train.py sets it (gcnn.allocator); default: "
-        "glibc's own thresholds, whose page faults show up in whichever op allocates",
-    )
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.steps <= 100 or not 0 <= args.warmup <= 100:
         raise GcnnError("--steps must be in 1..100 and --warmup in 0..100")
@@ -113,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         raise GcnnError("--vocab-size must be in 2..300000")
     if args.threads:
         torch.set_num_threads(args.threads)
-    malloc = keep_large_blocks() if args.malloc == "keep" else "malloc: glibc's own thresholds"
+    malloc = set_malloc(args.malloc)
     calls, tokens = steps_for(args.shape, args.vocab_size)
     print(
         f"{args.shape}, vocab {args.vocab_size:,}, {tokens} scored tokens per step; "

@@ -437,10 +437,14 @@ def test_ignore_index_is_the_data_convention():
     assert IGNORE_INDEX == gcnn.data.IGNORE_INDEX == -100
 
 
-@pytest.mark.parametrize("preset", ["gcnn-8", "lstm-small"])
-def test_set_dropout_switches_every_dropout_off_and_back_to_its_rate(preset):
-    model = tiny(preset, dropout=0.3)
-    rates = lambda: [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]  # noqa: E731
+@pytest.mark.parametrize("preset, layers", [("gcnn-8", {}), ("lstm-small", {"num_layers": 2})])
+def test_set_dropout_switches_every_dropout_off_and_back_to_its_rate(preset, layers):
+    model = tiny(preset, dropout=0.3, **layers)
+
+    def rates():  # an LSTM's own dropout between its layers counts too
+        between = [model.lstm.dropout] if model.is_recurrent else []
+        return [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] + between
+
     configured = rates()
     assert 0.3 in configured
     x = torch.randint(0, V, (2, 10))

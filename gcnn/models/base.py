@@ -106,9 +106,6 @@ class LanguageModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Dropout):
                 module.switch(on)
-            elif isinstance(module, nn.RNNBase):  # nn.LSTM's own dropout between its layers
-                rate = module.__dict__.setdefault("_gcnn_dropout_rate", module.dropout)
-                module.dropout = rate if on else 0.0
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

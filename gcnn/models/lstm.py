@@ -53,6 +53,11 @@ class LSTMLM(LanguageModel):
     def num_layers(self) -> int:
         return self.config.num_layers
 
+    def set_dropout(self, on: bool) -> None:
+        super().set_dropout(on)
+        # nn.LSTM's own dropout between its layers, as __init__ sets it
+        self.lstm.dropout = self.config.dropout if on and self.config.num_layers > 1 else 0.0
+
     def forward(self, inputs: torch.Tensor, state=None):
         """inputs (B, T) ids, state (h, c) or None (zeros) -> (hidden (B, T, D), new (h, c)).
 
