@@ -33,7 +33,7 @@ RECORD = ROOT / "experiments" / "records" / "recipe" / "probes.json"
 SLOW_TOKENS = 940 * 4096  # the AMX Xeon's default run: 940 updates of 4,096 tokens in 9 minutes
 FAST_TOKENS = 2269 * 4096  # the Zen 5 EPYC's
 TAILS_4 = ["--model-arg", "tail_factor=4"]
-LATE_3 = ["--dropout-from-epoch", "3"]
+LATE_2, LATE_3, LATE_4 = (["--dropout-from-epoch", str(e)] for e in (2, 3, 4))
 SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); tokens/s from `speed`
     "gcnn-small": [],
     "6x192": ["--model-arg", "blocks=[{layers=[[4,192]],repeat=6}]"],
@@ -140,6 +140,12 @@ PROBES = {
     # (the first 3 epochs, 1,020 updates each) + (3,238 - 3,060 / 1.057) = 3,403
     "slower-P30": ("8x128-tf2", 2048, 0.03, 0.1, 2919, ["--weight-decay", "0.1", *LATE_3]),
     "P30": ("8x128-tf2", 2048, 0.03, 0.1, 3403, ["--weight-decay", "0.1", *LATE_3]),
+    # seventh round: late dropout's epoch (3 was P11's first overfitting epoch, not tuned), at the
+    # Xeon's budget, where P30's best checkpoint came before dropout began: from epoch 2 it gets
+    # 2,040 + (3,238 - 2,040 / 1.057) = 3,348 updates; from epoch 4 dropout never begins within
+    # the budget, so all 3,238 x 1.057 = 3,423 run without it
+    "P31": ("8x128-tf2", 2048, 0.03, 0.1, 3348, ["--weight-decay", "0.1", *LATE_2]),
+    "P32": ("8x128-tf2", 2048, 0.03, 0.1, 3423, ["--weight-decay", "0.1", *LATE_4]),
 }
 # The fourth round: P11 against P15 over seeds 2 and 3, to see whether weight decay 0.1's gain is
 # more than a seed's noise (run with gcnn's bit-mask dropout: another random stream, the same
@@ -149,6 +155,7 @@ PROBES = {
 # gain unseparated (+3.9 [-1.9, +9.8] on test), each seed favouring it, so two more each.
 SEEDS = {name: (2, 3) for name in ("P11", "P15", "P21", "P25", "P27")}
 SEEDS |= {"slower-P25": (2, 3, 4, 5), "slower-P30": (2, 3, 4, 5)}
+SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32")}  # the seventh: E 2 and 4 against 3
 for _name, _seeds in SEEDS.items():
     for _seed in _seeds:
         _other = PROBES[_name][5] if len(PROBES[_name]) > 5 else []
@@ -287,7 +294,7 @@ def test_ppl(run: Path) -> float | None:
 # (better, worse): each claim that one recipe beats another, judged over seeds 1-3
 SEED_CLAIMS = (
     ("P15", "P11"), ("P21", "P15"), ("P25", "P21"), ("P25", "P15"), ("P27", "slower-P25"),
-    ("slower-P30", "slower-P25"),
+    ("slower-P30", "slower-P25"), ("P31", "P30"), ("P32", "P30"),
 )  # fmt: skip
 
 
