@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from gcnn.data import BlockBatcher
-from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name, reported_load
+from gcnn.errors import GcnnError
+from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import build_model
 
 WT103_TRAIN_TOKENS = 103_227_021
@@ -110,6 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from gcnn.errors import GcnnError, run_cli
+from gcnn.errors import GcnnError
 from gcnn.evaluation.cache_evaluation import evaluate_with_cache
 from gcnn.evaluation.continuous_cache import DEFAULT_SIZE, CacheConfig
 from gcnn.evaluation.perplexity import corpus_nll
-from gcnn.machine import cpu_name, reported_load
+from gcnn.machine import cpu_name, run_benchmark
 
 
 def models_and_tokens(checkpoints: list[str], split: str):
@@ -98,6 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from gcnn.data import find_split_files, prepare_corpus, read_chunks, resolve_corpus
-from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import reported_load
+from gcnn.errors import GcnnError
+from gcnn.machine import run_benchmark
 
 
 def build_corpus(source: Path, target: Path, repeat: int) -> int:
@@ -134,6 +134,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

@@ -26,8 +26,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name, reported_load
+from gcnn.errors import GcnnError
+from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import build_model, dropout
 from gcnn.models.dropout import Dropout, drop_cut, keep_mask
 from gcnn.timing import interleaved_timings
@@ -129,6 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

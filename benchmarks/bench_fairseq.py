@@ -37,9 +37,9 @@ import torch
 from gcnn.checkpoint import load_model, model_checkpoint, save_checkpoint
 from gcnn.convert import convert_file, fairseq_import, to_fairseq
 from gcnn.data import WordTokenizer
-from gcnn.errors import GcnnError, run_cli
+from gcnn.errors import GcnnError
 from gcnn.evaluation.scoring import score_token_ids
-from gcnn.machine import reported_load
+from gcnn.machine import run_benchmark
 from gcnn.models import build_model
 
 WT103_VOCAB = 267_744  # fairseq's WikiText-103 dictionary: 4 specials + 267,733 words + padding
@@ -224,6 +224,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gcnn.errors import GcnnError, run_cli
+from gcnn.errors import GcnnError
 from gcnn.evaluation.inference import (
     PRECISIONS,
     pack_weight,
@@ -54,7 +54,7 @@ from gcnn.evaluation.workload import (
     scoring_fn,
     word_rank_probs,
 )
-from gcnn.machine import reported_load
+from gcnn.machine import run_benchmark
 from gcnn.timing import interleaved_timings
 
 
@@ -289,6 +289,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

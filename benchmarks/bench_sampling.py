@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from gcnn.errors import GcnnError, run_cli
+from gcnn.errors import GcnnError
 from gcnn.evaluation.sampling import SamplingConfig, choose_token
-from gcnn.machine import reported_load
+from gcnn.machine import run_benchmark
 from gcnn.models import build_model
 
 VOCAB = 33_278
@@ -76,6 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

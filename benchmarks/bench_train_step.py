@@ -30,8 +30,8 @@ import torch
 
 from gcnn.allocator import keep_large_blocks
 from gcnn.devices import resolve_device
-from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name, reported_load
+from gcnn.errors import GcnnError
+from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import PRESETS, build_model
 from gcnn.precision import choose_precision
 from gcnn.timing import interleaved_timings
@@ -320,6 +320,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

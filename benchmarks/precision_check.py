@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from gcnn import precision
-from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name, reported_load
+from gcnn.errors import GcnnError
+from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -134,6 +134,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # a busy machine spoils cases 1 and 3
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

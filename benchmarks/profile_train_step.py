@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from gcnn.errors import GcnnError, run_cli
-from gcnn.machine import cpu_name, reported_load
+from gcnn.errors import GcnnError
+from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import PRESETS, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -143,6 +143,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # shares mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

@@ -22,9 +22,9 @@ import argparse
 
 import torch
 
-from gcnn.errors import GcnnError, run_cli
+from gcnn.errors import GcnnError
 from gcnn.evaluation.workload import WT103_VOCAB, word_rank_probs
-from gcnn.machine import reported_load
+from gcnn.machine import run_benchmark
 from gcnn.models import build_model
 
 WT103_TRAIN_TOKENS = 103_227_021
@@ -96,6 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with reported_load():  # timings mean little if other processes were busy meanwhile
-        code = run_cli(main)
-    raise SystemExit(code)
+    raise SystemExit(run_benchmark(main))

@@ -22,6 +22,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 BUSY_FRACTION = 0.5
@@ -210,6 +211,19 @@ def reported_load(out=None):
                 file=out,
                 flush=True,
             )
+
+
+def run_benchmark(main: Callable[[], int | None]) -> int:
+    """Every benchmark's `__main__`: `main` between the two load readings, all inside run_cli,
+    so that a closed pipe (`--help | head`) or a bad flag ends in one line at most, the
+    readings' own lines included."""
+    from gcnn.errors import run_cli
+
+    def measured() -> int | None:
+        with reported_load():  # timings mean little if other processes were busy meanwhile
+            return main()
+
+    return run_cli(measured)
 
 
 def _text(load: float | None) -> str:

@@ -472,8 +472,9 @@ def test_score_into_a_closed_pipe_stops_quietly(checkpoint, tmp_path):
         ["evaluate.py", "sample", "CKPT", "--max-tokens", "200"],
         ["-m", "gcnn.models"],
         ["-m", "gcnn.data", "prepare", "CORPUS", "--json"],
+        ["benchmarks/bench_dropout.py", "--help"],  # the load lines too (gcnn.machine)
     ],
-    ids=["sample", "models", "data-prepare"],
+    ids=["sample", "models", "data-prepare", "benchmark-help"],
 )
 def test_printing_commands_into_a_closed_pipe(checkpoint, corpus, command):
     command = [str(checkpoint) if a == "CKPT" else str(corpus) if a == "CORPUS" else a

@@ -356,4 +356,5 @@ def test_every_benchmark_reports_the_load_it_ran_under(monkeypatch, capsys):
     scripts = sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py"))
     runnable = [p for p in scripts if 'if __name__ == "__main__":' in p.read_text()]
     assert len(runnable) >= 8
-    assert [p.name for p in runnable if "reported_load()" not in p.read_text()] == []
+    reports = ("reported_load()", "run_benchmark(main)")  # the second runs main in the first
+    assert [p.name for p in runnable if not any(r in p.read_text() for r in reports)] == []
