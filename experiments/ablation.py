@@ -14,5 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402
 
 if __name__ == "__main__":
-    print("note: ablation.py is now experiments/run.py; running it with the same arguments")
+    print("note: ablation.py is now experiments/run.py; running it with the same arguments",
+          file=sys.stderr)  # fmt: skip
     raise SystemExit(run.run_cli(run.main))

@@ -28,7 +28,8 @@ def decay_every_matrix(model, weight_decay: float) -> list[dict]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in ("decay-gains", "no-decay-gains"):
-        print("usage: python experiments/gain_decay_ab.py decay-gains|no-decay-gains OUT_DIR")
+        usage = "usage: python experiments/gain_decay_ab.py decay-gains|no-decay-gains OUT_DIR"
+        print(usage, file=sys.stderr)
         sys.exit(2)
     if sys.argv[1] == "decay-gains":
         optim.decay_groups = decay_every_matrix

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
-from gcnn.errors import GcnnError, run_cli
+from gcnn.errors import ArgumentParser, GcnnError, run_cli
+from gcnn.training.run_dir import write_text_atomic
 
 
 def summarize(directory: Path) -> dict:
@@ -47,12 +47,12 @@ def summarize(directory: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise GcnnError("usage: python experiments/summarize_default_run.py RECORD_DIR")
-    directory = Path(args[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("record_dir", type=Path, help="a cpu_kind_check.sh record directory")
+    directory = p.parse_args(argv).record_dir
     record = summarize(directory)
-    (directory / "default-run.json").write_text(json.dumps(record, indent=1) + "\n")
+    text = json.dumps(record, indent=1) + "\n"
+    write_text_atomic(directory / "default-run.json", text, "default-run record")
     print(json.dumps(record))
     return 0
 
