@@ -106,13 +106,17 @@ def gcnn_step(model, inputs, targets, bf16: bool, optimizer, loss_fn=None):
     # the plan is made on the host while the trainer builds the batch
     plan = model.plan(targets.cpu()).to(inputs.device)
     loss_fn = loss_fn or model.loss
+    carried = None  # an LSTM's state, carried from step to step as the trainer carries it
 
     def step():
+        nonlocal carried
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
-            nll, count, _ = loss_fn(inputs, targets, None, plan)
+            nll, count, state = loss_fn(inputs, targets, carried, plan)
         (nll / count).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if model.is_recurrent:
+            carried = model.detach_state(state)
 
     return step
 

@@ -61,8 +61,6 @@ def build_variant(flags: str, corpus, device: torch.device) -> tuple[str, object
     train = corpus.splits["train"]
     vocab = corpus.tokenizer.vocab_size
     model, config = build_checked_model(config, vocab, len(train), 1, device)
-    if model.is_recurrent:
-        raise GcnnError(f"variant {flags!r}: only GCNNs (an LSTM carries state between steps)")
     model.to(device).train()
     rows = rows_per_micro_batch(config, 1)
     feed = split_feed(train, corpus.tokenizer.eos_id, model, rows, config, Dist(), device, True)

@@ -333,10 +333,32 @@ def test_variants_benchmark_times_each_variant_on_its_own_batches(tiny_corpus):
     # the first again, as its own twin: the control that says whether the ratios can be trusted
     (twin,) = [line for line in run.stdout.splitlines() if line.startswith("| twin of the first")]
     assert "[4x(4+8), bf16]" in twin
-    lstm = "--model lstm-small --tokens-per-batch 32 --block-size 8"
-    bad = subprocess.run([*command[:2], lstm, "--data", str(tiny_corpus)],
+    lstm = "--model lstm-small --model-arg embed_dim=16 --model-arg hidden_size=16"
+    lstm += " --model-arg cutoffs=[20] --tokens-per-batch 32 --block-size 8"
+    run = subprocess.run([*command[:2], lstm, f"{lstm} --dropout 0", *command[4:]],
                          capture_output=True, text=True, env=env)  # fmt: skip
-    assert bad.returncode != 0 and "only GCNNs" in bad.stderr and "Traceback" not in bad.stderr
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| --data")]
+    assert "[4x(0+8), bf16]" in rows[0] and "--dropout 0" in rows[1]
+
+
+def test_a_timed_lstm_step_carries_its_state_as_the_trainer_does():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_train_step import gcnn_step
+
+    model = build_model("lstm-small", 50, embed_dim=8, hidden_size=8, cutoffs=[20])
+    states = []
+
+    def loss(inputs, targets, state, plan):
+        states.append(state)
+        return model.loss(inputs, targets, state, plan)
+
+    ids = torch.randint(0, 50, (2, 9))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = gcnn_step(model, ids[:, :-1], ids[:, 1:], False, optimizer, loss)
+    step(), step()
+    assert states[0] is None and states[1] is not None  # the first step's state, detached
+    assert all(not t.requires_grad for t in states[1])
 
 
 # --- training ----------------------------------------------------------------------------------
