@@ -58,6 +58,7 @@ SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); to
         "--model-arg",
         "blocks=[{layers=[[3,128]],repeat=8}]",
     ],
+    "lstm-small": ["--model", "lstm-small"],
     "8x128-k2": [
         "--model",
         "gcnn-8-small",
@@ -146,6 +147,12 @@ PROBES = {
     # the budget, so all 3,238 x 1.057 = 3,423 run without it
     "P31": ("8x128-tf2", 2048, 0.03, 0.1, 3348, ["--weight-decay", "0.1", *LATE_2]),
     "P32": ("8x128-tf2", 2048, 0.03, 0.1, 3423, ["--weight-decay", "0.1", *LATE_4]),
+    # the baseline given the same chance: lstm-small's default (L1) at its own 2-core Zen 4 budget
+    # (records/default/lstm-small-s1.json: 3,440 updates, 510 an epoch) against late dropout
+    # from epoch 3 (L2); without dropout its step ran at 1.037x (records/recipe/
+    # variants-lstm-dropout0.txt, twin 1.016x): 1,530 + (3,440 - 1,530 / 1.037) = 3,495 updates
+    "L1": ("lstm-small", 4096, 0.01, 0.2, 3440),
+    "L2": ("lstm-small", 4096, 0.01, 0.2, 3495, LATE_3),
 }
 # The fourth round: P11 against P15 over seeds 2 and 3, to see whether weight decay 0.1's gain is
 # more than a seed's noise (run with gcnn's bit-mask dropout: another random stream, the same
@@ -155,7 +162,7 @@ PROBES = {
 # gain unseparated (+3.9 [-1.9, +9.8] on test), each seed favouring it, so two more each.
 SEEDS = {name: (2, 3) for name in ("P11", "P15", "P21", "P25", "P27")}
 SEEDS |= {"slower-P25": (2, 3, 4, 5), "slower-P30": (2, 3, 4, 5)}
-SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32")}  # the seventh: E 2 and 4 against 3
+SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32", "L1", "L2")}  # the seventh round
 for _name, _seeds in SEEDS.items():
     for _seed in _seeds:
         _other = PROBES[_name][5] if len(PROBES[_name]) > 5 else []
@@ -294,7 +301,7 @@ def test_ppl(run: Path) -> float | None:
 # (better, worse): each claim that one recipe beats another, judged over seeds 1-3
 SEED_CLAIMS = (
     ("P15", "P11"), ("P21", "P15"), ("P25", "P21"), ("P25", "P15"), ("P27", "slower-P25"),
-    ("slower-P30", "slower-P25"), ("P31", "P30"), ("P32", "P30"),
+    ("slower-P30", "slower-P25"), ("P31", "P30"), ("P32", "P30"), ("L2", "L1"),
 )  # fmt: skip
 
 
