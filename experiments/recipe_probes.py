@@ -168,7 +168,7 @@ PROBES = {
 SEEDS = {name: (2, 3) for name in ("P11", "P15", "P21", "P25", "P27")}
 SEEDS |= {"slower-P25": (2, 3, 4, 5), "slower-P30": (2, 3, 4, 5)}
 SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32", "L1", "L2")}  # the seventh round
-SEEDS |= {"zen4-P30": (2,), "zen4-P32": (2,)}
+SEEDS |= {"zen4-P30": (2, 3), "zen4-P32": (2, 3)}
 for _name, _seeds in SEEDS.items():
     for _seed in _seeds:
         _other = PROBES[_name][5] if len(PROBES[_name]) > 5 else []
