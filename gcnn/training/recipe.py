@@ -39,7 +39,7 @@ TOKENS_PER_BATCH = 4096  # scored tokens per update, unless the recipe below say
 # the step runs faster without it (each at its own budget). gcnn-small keeps the GCNNs' recipe
 # from before (the first round of probes chose its batch, lr and dropout at under 2 epochs; the
 # weight decay was measured on gcnn-8-small only). The LSTM keeps the recipe its default run was
-# measured with.
+# measured with: late dropout made it worse at its own budget (docs/training.md, seventh round).
 _GCNN_SMALL = {"tokens_per_batch": 2048, "lr": 2e-2, "dropout": 0.1, "weight_decay": 0.1}
 SMALL_RECIPES = {
     "gcnn-small": _GCNN_SMALL,
