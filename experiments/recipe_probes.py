@@ -156,6 +156,11 @@ PROBES = {
     # dropout), E 4 gets 4,080 + (4,601 - 4,080 / 1.057) = 4,821
     "zen4-P30": ("8x128-tf2", 2048, 0.03, 0.1, 4766, ["--weight-decay", "0.1", *LATE_3]),
     "zen4-P32": ("8x128-tf2", 2048, 0.03, 0.1, 4821, ["--weight-decay", "0.1", *LATE_4]),
+    # ... and at the Zen 5's budget (fast-P25's 7,556 updates at the step with dropout), each at
+    # its own: E 3 gets 3,060 + (7,556 - 3,060 / 1.057) = 7,721, E 4 4,080 + (7,556 - 4,080 /
+    # 1.057) = 7,776 (fast-P29 had the default's 7,556, not its own)
+    "fast-P30": ("8x128-tf2", 2048, 0.03, 0.1, 7721, ["--weight-decay", "0.1", *LATE_3]),
+    "fast-P32": ("8x128-tf2", 2048, 0.03, 0.1, 7776, ["--weight-decay", "0.1", *LATE_4]),
     "L1": ("lstm-small", 4096, 0.01, 0.2, 3440),
     "L2": ("lstm-small", 4096, 0.01, 0.2, 3495, LATE_3),
 }
@@ -168,7 +173,7 @@ PROBES = {
 SEEDS = {name: (2, 3) for name in ("P11", "P15", "P21", "P25", "P27")}
 SEEDS |= {"slower-P25": (2, 3, 4, 5), "slower-P30": (2, 3, 4, 5)}
 SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32", "L1", "L2")}  # the seventh round
-SEEDS |= {"zen4-P30": (2, 3), "zen4-P32": (2, 3)}
+SEEDS |= {name: (2, 3) for name in ("zen4-P30", "zen4-P32", "fast-P30", "fast-P32")}
 for _name, _seeds in SEEDS.items():
     for _seed in _seeds:
         _other = PROBES[_name][5] if len(PROBES[_name]) > 5 else []
@@ -308,7 +313,7 @@ def test_ppl(run: Path) -> float | None:
 SEED_CLAIMS = (
     ("P15", "P11"), ("P21", "P15"), ("P25", "P21"), ("P25", "P15"), ("P27", "slower-P25"),
     ("slower-P30", "slower-P25"), ("P31", "P30"), ("P32", "P30"), ("L2", "L1"),
-    ("zen4-P32", "zen4-P30"),
+    ("zen4-P32", "zen4-P30"), ("fast-P32", "fast-P30"),
 )  # fmt: skip
 
 
