@@ -54,7 +54,9 @@ record precision_check.txt \
   python benchmarks/precision_check.py --json "$out/precision_check.json"
 if [[ "${1:-}" != "--no-default" ]]; then
   run="runs/cpu-kind-default-$(date -u +%Y%m%dT%H%M%S)"
-  { /usr/bin/time -v python train.py --no-progress --out "$run"; } 2>&1 \
+  # headed as record() heads its files: summarize_default_run.py takes the run's commit from it
+  { echo "\$ python train.py --no-progress --out $run  ($(date -u +%FT%TZ), $commit)"
+    /usr/bin/time -v python train.py --no-progress --out "$run"; } 2>&1 \
     | grep -v '^\s*\(Average\|Exit status\|Socket\|Signals\|Swaps\|File system\|Page size\|Major\|Minor\|Voluntary\|Involuntary\|Percent\|System time\|User time\|Average\)' \
     | tee "$out/default-train.txt"
   cp "$run/metrics.jsonl" "$out/default-metrics.jsonl"

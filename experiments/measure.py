@@ -32,7 +32,7 @@ def model_from_flags(argv: list[str], download: bool = True):
     """The model train.py builds from these flags (untrained), and its resolved config dict."""
     from gcnn.data import prepare_corpus
     from gcnn.models import build_model
-    from gcnn.training.trainer import model_overrides, resolve
+    from gcnn.training.recipe import model_overrides, resolve
 
     config = train_config(argv)
     corpus = prepare_corpus(

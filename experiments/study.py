@@ -145,7 +145,7 @@ def tuned_lr(
 
 def model_args(args: list[str]) -> dict:
     """The model options these train.py flags set (--model-arg KEY=VALUE, --dropout, ...)."""
-    from gcnn.training.trainer import model_overrides
+    from gcnn.training.recipe import model_overrides
 
     return model_overrides(train_config(args))
 

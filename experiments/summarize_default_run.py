@@ -1,14 +1,16 @@
 """One JSON record of a finished default run: python experiments/summarize_default_run.py RECORD_DIR
 
-Reads RECORD_DIR/default-metrics.jsonl, default-test.json and lscpu.txt (as cpu_kind_check.sh
-writes them) and writes RECORD_DIR/default-run.json: updates, epochs, training seconds, the
-validation perplexity after each validation and the best, the test perplexity, the machine.
+Reads RECORD_DIR/default-metrics.jsonl, default-test.json, default-train.txt and lscpu.txt (as
+cpu_kind_check.sh writes them) and writes RECORD_DIR/default-run.json: updates, epochs, training
+seconds, the validation perplexity after each validation and the best, the test perplexity, the
+machine and the commit the run was made from.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from gcnn.errors import ArgumentParser, GcnnError, run_cli
@@ -33,7 +35,7 @@ def summarize(directory: Path) -> dict:
     return {
         "command": "python train.py",
         "cpu": model,
-        "commit": lscpu[1] if len(lscpu) > 1 else None,
+        "commit": run_commit(directory),
         "updates": last["step"],
         "epochs": last["epoch"],
         "train_s": last["wall_s"],
@@ -44,6 +46,23 @@ def summarize(directory: Path) -> dict:
         "best_step": best["step"],
         "test_ppl": round(test["perplexity"], 2),
     }
+
+
+def run_commit(directory: Path) -> str | None:
+    """The commit the default run was made from: default-train.txt's header line ("$ COMMAND
+    (DATE, COMMIT)"). Not lscpu.txt's: a later `cpu_kind_check.sh --no-default` rewrites that
+    with its own commit, while the default run's files stay. A record from before the header
+    keeps the commit its default-run.json was written with (at the time of the run), if any."""
+    try:
+        header = (directory / "default-train.txt").open().readline()
+    except OSError:
+        header = ""
+    if found := re.match(r"\$ .*\(\S+, (\S+)\)\s*$", header):
+        return found.group(1)
+    try:
+        return json.loads((directory / "default-run.json").read_text()).get("commit")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

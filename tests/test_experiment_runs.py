@@ -171,3 +171,34 @@ def test_a_divergence_records_where_and_why(tmp_path):
     r = next(iter(records_of(tmp_path, "norm").values()))
     assert r["status"] == "diverged" and "diverged" in r["diverged"]["cause"]
     assert r["diverged"]["update"] is not None
+
+
+def test_default_run_record_names_the_runs_commit_not_a_later_benchmarks(tmp_path, capsys):
+    """summarize_default_run.py: the commit is default-train.txt's (the run's), not lscpu.txt's,
+    which a later `cpu_kind_check.sh --no-default` rewrites; the figures come from the files."""
+    import summarize_default_run
+
+    rows = [
+        {"step": 10, "epoch": 0.5, "wall_s": 5.0, "valid_loss": None},
+        {"step": 20, "epoch": 1.0, "wall_s": 9.0, "valid_loss": 5.0},
+        {"step": 40, "epoch": 2.0, "wall_s": 19.0, "valid_loss": 4.5},
+    ]
+    (tmp_path / "default-metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "default-test.json").write_text('{"perplexity": 99.123}\n')
+    lscpu = "2026-12-07T10:00:00Z\nbbbbbbb\nModel name:  Some CPU\n"
+    (tmp_path / "lscpu.txt").write_text(lscpu)
+    header = "$ python train.py --no-progress --out runs/x  (2026-12-06T10:00:00Z, aaaaaaa)\n"
+    (tmp_path / "default-train.txt").write_text(header + "gcnn-8-small: ...\n")
+    assert summarize_default_run.main([str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "default-run.json").read_text())
+    assert record["commit"] == "aaaaaaa" and record["cpu"] == "Some CPU"
+    assert (record["updates"], record["best_step"], record["test_ppl"]) == (40, 40, 99.12)
+    assert record["valid_ppl"] == [{"step": 20, "ppl": 148.41}, {"step": 40, "ppl": 90.02}]
+    # a record from before the header keeps the commit its default-run.json was written with
+    (tmp_path / "default-train.txt").write_text("gcnn-8-small: ...\n")
+    assert summarize_default_run.main([str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "default-run.json").read_text())["commit"] == "aaaaaaa"
+    (tmp_path / "default-run.json").unlink()
+    assert summarize_default_run.main([str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "default-run.json").read_text())["commit"] is None
+    capsys.readouterr()

@@ -37,13 +37,7 @@ from gcnn.training.distributed import (
 )
 from gcnn.training.feed import rows_per_micro_batch, split_feed
 from gcnn.training.optim import LRSchedule, make_optimizer
-from gcnn.training.recipe import (  # model_overrides: experiments/ import it from here
-    build_checked_model,
-    model_overrides,  # noqa: F401
-    resolve,
-    stop_reason,
-    update_horizon,
-)
+from gcnn.training.recipe import build_checked_model, resolve, stop_reason, update_horizon
 from gcnn.training.reporting import Interval, Reporter, describe, require_tensorboard, summary
 from gcnn.training.resume import check_same_run, corpus_identity
 from gcnn.training.run_dir import RunDir
