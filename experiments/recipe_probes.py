@@ -152,8 +152,8 @@ PROBES = {
     # from epoch 3 (L2); without dropout its step ran at 1.037x (records/recipe/
     # variants-lstm-dropout0.txt, twin 1.016x): 1,530 + (3,440 - 1,530 / 1.037) = 3,495 updates
     # E 3 against 4 where they differ: at the budget of the default's timed run on 2 Zen 4 cores
-    # (records/default/gcnn-8-small-s1.json: 4,766 updates with E 3, i.e. 4,601 at the step with
-    # dropout), E 4 gets 4,080 + (4,601 - 4,080 / 1.057) = 4,821
+    # (records/recipe/default-late3-zen4-gcnn-8-small-s1.json: 4,766 updates with E 3, i.e.
+    # 4,601 at the step with dropout), E 4 gets 4,080 + (4,601 - 4,080 / 1.057) = 4,821
     "zen4-P30": ("8x128-tf2", 2048, 0.03, 0.1, 4766, ["--weight-decay", "0.1", *LATE_3]),
     "zen4-P32": ("8x128-tf2", 2048, 0.03, 0.1, 4821, ["--weight-decay", "0.1", *LATE_4]),
     # ... and at the Zen 5's budget (fast-P25's 7,556 updates at the step with dropout), each at

@@ -52,7 +52,7 @@ def test_small_presets_default_to_their_own_recipe_and_flags_still_win():
         "gcnn-8-small"
     ]
     assert gcnn.lr == 3e-2 and resolve(config_from(["--model", "gcnn-small"])).lr == 2e-2
-    assert gcnn.dropout_from_epoch == 3  # late dropout, the default's only
+    assert gcnn.dropout_from_epoch == 4  # late dropout, the default's only
     assert resolve(config_from(["--model", "gcnn-small"])).dropout_from_epoch == 0
     lstm = resolve(config_from(["--model", "lstm-small"]))
     assert (lstm.tokens_per_batch, lstm.lr, lstm.dropout) == (TOKENS_PER_BATCH, 1e-2, None)
