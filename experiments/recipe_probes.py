@@ -148,9 +148,9 @@ PROBES = {
     "P31": ("8x128-tf2", 2048, 0.03, 0.1, 3348, ["--weight-decay", "0.1", *LATE_2]),
     "P32": ("8x128-tf2", 2048, 0.03, 0.1, 3423, ["--weight-decay", "0.1", *LATE_4]),
     # the baseline given the same chance: lstm-small's default (L1) at its own 2-core Zen 4 budget
-    # (records/default/lstm-small-s1.json: 3,440 updates, 510 an epoch) against late dropout
-    # from epoch 3 (L2); without dropout its step ran at 1.037x (records/recipe/
-    # variants-lstm-dropout0.txt, twin 1.016x): 1,530 + (3,440 - 1,530 / 1.037) = 3,495 updates
+    # (records/recipe/default-f49b378-zen4-lstm-small-s1.json: 3,440 updates, 510 an epoch)
+    # against late dropout from epoch 3 (L2); without dropout its step ran at 1.037x (records/
+    # recipe/variants-lstm-dropout0.txt, twin 1.016x): 1,530 + (3,440 - 1,530 / 1.037) = 3,495
     # E 3 against 4 where they differ: at the budget of the default's timed run on 2 Zen 4 cores
     # (records/recipe/default-late3-zen4-gcnn-8-small-s1.json: 4,766 updates with E 3, i.e.
     # 4,601 at the step with dropout), E 4 gets 4,080 + (4,601 - 4,080 / 1.057) = 4,821
