@@ -30,9 +30,12 @@ echo "records in $out, from $commit"
 # the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
 # caching, building a batch, sampling, a dropout mask (each output headed by its command and
 # commit)
+header() {  # the line each record starts with: "$ COMMAND  (DATE, COMMIT)"
+  echo "\$ $*  ($(date -u +%FT%TZ), $commit)"
+}
 record() {  # record FILE COMMAND..: its output, headed by the command and commit, into $out/FILE
   local file=$1; shift
-  { echo "\$ $*  ($(date -u +%FT%TZ), $commit)"; "$@" 2>&1 | grep -v '^USDT'; } | tee "$out/$file"
+  { header "$@"; "$@" 2>&1 | grep -v '^USDT'; } | tee "$out/$file"
 }
 bench() {
   record "$1.txt" python "benchmarks/$1.py" "${@:2}"
@@ -54,8 +57,8 @@ record precision_check.txt \
   python benchmarks/precision_check.py --json "$out/precision_check.json"
 if [[ "${1:-}" != "--no-default" ]]; then
   run="runs/cpu-kind-default-$(date -u +%Y%m%dT%H%M%S)"
-  # headed as record() heads its files: summarize_default_run.py takes the run's commit from it
-  { echo "\$ python train.py --no-progress --out $run  ($(date -u +%FT%TZ), $commit)"
+  # headed as record()'s files are: summarize_default_run.py takes the run's commit from it
+  { header python train.py --no-progress --out "$run"
     /usr/bin/time -v python train.py --no-progress --out "$run"; } 2>&1 \
     | grep -v '^\s*\(Average\|Exit status\|Socket\|Signals\|Swaps\|File system\|Page size\|Major\|Minor\|Voluntary\|Involuntary\|Percent\|System time\|User time\|Average\)' \
     | tee "$out/default-train.txt"
