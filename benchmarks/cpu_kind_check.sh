@@ -5,6 +5,12 @@
 #   bash benchmarks/cpu_kind_check.sh --no-default   # without the 9-minute default run
 #   bash benchmarks/cpu_kind_check.sh --benches      # only the data, evaluation and sampling
 #                                                    # benchmarks (a few minutes)
+#   bash benchmarks/cpu_kind_check.sh --emulate no-bf16   # (with either of the above, or alone)
+#       as a CPU without avx512_bf16 would run (a Xeon of Skylake to Ice Lake): oneDNN capped
+#       at AVX512_CORE_VNNI (ONEDNN_MAX_CPU_ISA), so its bf16 kernels convert to and from fp32
+#       instead of using bf16 dot products. The code paths and the precision chooser's
+#       decisions are that kind's; the speeds are this CPU's cores running them. Records go to
+#       <cpu kind>-emulating-no-bf16/.
 # Writes experiments/records/perf/<cpu kind>/: lscpu.txt, the per-op profiles of the training
 # step against the plain port (both precisions; gcnn-small's, the default's and gcnn-8's
 # shapes), the step's speed and MFU (bench_train_step), what glibc's malloc settings do to the
@@ -12,6 +18,21 @@
 # (precision_check), and the default run (`python train.py`) with its test perplexity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+default=1 benches_only=0 emulate=""
+while (($#)); do
+  case $1 in
+    --no-default) default=0 ;;
+    --benches) benches_only=1 ;;
+    --emulate) emulate=${2:-}; shift ;;
+    *) echo "cpu_kind_check.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+case $emulate in
+  "") ;;
+  no-bf16) export ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI ;;
+  *) echo "cpu_kind_check.sh: --emulate takes no-bf16" >&2; exit 2 ;;
+esac
 # the kind: model name, family/model numbers (a VM may show only "AMD EPYC"), AMX or not
 kind=$(python -c "
 import re
@@ -20,13 +41,15 @@ info = dict(l.split(':', 1) for l in open('/proc/cpuinfo') if ':' in l)
 fm = ' f%s m%s' % (info.get('cpu family\t', '?').strip(), info.get('model\t\t', '?').strip())
 amx = ' amx' if any(f.startswith('amx') for f in cpu_flags()) else ''
 print(re.sub('[^a-z0-9]+', '-', (cpu_model() + fm + amx).lower()).strip('-'))")
-out="experiments/records/perf/$kind"
+out="experiments/records/perf/$kind${emulate:+-emulating-$emulate}"
 # the commit measured, taken before this script writes its first record (which would make every
 # later `git describe --dirty` say dirty)
 commit=$(git describe --always --dirty)
 mkdir -p "$out"
 echo "records in $out, from $commit"
-{ date -u +%FT%TZ; echo "$commit"; lscpu; } > "$out/lscpu.txt"
+{ date -u +%FT%TZ; echo "$commit"; lscpu
+  if [[ -n $emulate ]]; then echo "emulating $emulate: ONEDNN_MAX_CPU_ISA=$ONEDNN_MAX_CPU_ISA"; fi
+} > "$out/lscpu.txt"
 # the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
 # caching, building a batch, sampling, a dropout mask (each output headed by its command and
 # commit)
@@ -45,7 +68,7 @@ bench bench_data
 bench bench_batches
 bench bench_sampling
 bench bench_dropout
-if [[ "${1:-}" == "--benches" ]]; then exit 0; fi
+if ((benches_only)); then exit 0; fi
 for shape in gcnn-small gcnn-8-small gcnn-8; do
   record "profile-$shape.txt" \
     python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json"
@@ -55,7 +78,7 @@ record bench_train_step.txt \
 record malloc_check.txt bash benchmarks/malloc_check.sh 3
 record precision_check.txt \
   python benchmarks/precision_check.py --json "$out/precision_check.json"
-if [[ "${1:-}" != "--no-default" ]]; then
+if ((default)); then
   run="runs/cpu-kind-default-$(date -u +%Y%m%dT%H%M%S)"
   # headed as record()'s files are: summarize_default_run.py takes the run's commit from it
   { header python train.py --no-progress --out "$run"

@@ -72,11 +72,30 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in _cpuinfo()[1] if "bf16" in f or f.startswith("amx"))
 
 
+# Environment variables that cap the instruction sets the kernels may use. With them one CPU
+# runs the code paths of an older one (ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI: oneDNN's bf16
+# without avx512_bf16, as on a Xeon without it), so they are part of what a timing depends on.
+ISA_CAPS = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+
+
+def isa_caps() -> dict[str, str]:
+    """The ISA_CAPS set in this process's environment."""
+    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
 def cpu_name() -> str:
-    """The CPU model and its bf16-related flags, e.g. "AMD EPYC 9B45 [avx512_bf16]": what a
-    timing depends on, and the key of what was measured where."""
+    """The CPU model and its bf16-related flags, e.g. "AMD EPYC 9B45 [avx512_bf16]", and any
+    instruction-set cap in force ("... {ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI}"): what a timing
+    depends on, and the key of what was measured where."""
     flags = " ".join(cpu_flags())
-    return f"{cpu_model()} [{flags}]" if flags else cpu_model()
+    name = f"{cpu_model()} [{flags}]" if flags else cpu_model()
+    caps = ", ".join(f"{k}={v}" for k, v in isa_caps().items())
+    return f"{name} {{{caps}}}" if caps else name
 
 
 def cores() -> int:

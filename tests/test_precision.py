@@ -212,6 +212,26 @@ def test_a_busy_or_noisy_measurement_decides_this_run_but_is_not_cached(monkeypa
     assert fake.rounds == [3, 3]
 
 
+def test_an_instruction_set_cap_is_another_machine_to_the_cache(monkeypatch):
+    # ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI runs oneDNN's bf16 without avx512_bf16 (half fp32's
+    # speed on a Zen 4): a choice made without the cap must not be taken for one made with it
+    for cap in machine.ISA_CAPS:
+        monkeypatch.delenv(cap, raising=False)
+    fake = FakeMachine(monkeypatch)
+    fake.will_measure(fp32=0.16, bf16=0.10)
+    assert precision.choose(CPU, "w", fake.measure).source == "fresh"
+    plain_key, plain_name = precision.machine_key(CPU, "w"), machine.cpu_name()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert machine.cpu_name() == plain_name + " {ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI}"
+    assert precision.machine_key(CPU, "w") != plain_key
+    fake.will_measure(fp32=0.16, bf16=0.32)
+    choice = precision.choose(CPU, "w", fake.measure)
+    assert (choice.precision, choice.source, choice.cached) == ("fp32", "fresh", True)
+    assert fake.rounds == [3, 3]  # measured in full: the entry without the cap was not re-checked
+    data = json.loads(precision.cache_path().read_text())
+    assert data[plain_key]["choice"] == "bf16"  # and is still there for runs without it
+
+
 def poison(choice: str, fp32: float, bf16: float, load: dict) -> None:
     key = precision.machine_key(CPU, "w")
     entry = {"choice": choice, "seconds": {"fp32": fp32, "bf16": bf16}}
