@@ -40,7 +40,9 @@ class PlainBlock(nn.Module):
 
 
 class PlainGCNN(nn.Module):
-    def __init__(self, vocab_size: int, embed_dim: int, blocks: list[dict], cutoffs, dropout):
+    def __init__(
+        self, vocab_size: int, embed_dim: int, blocks: list[dict], cutoffs, dropout, tail_factor=4
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)
         width = blocks[0]["layers"][0][1]
@@ -51,7 +53,10 @@ class PlainGCNN(nn.Module):
                 self.blocks.append(PlainBlock(width, block["layers"], dropout))
                 width = block["layers"][-1][1]
         cutoffs = [c for c in cutoffs if c < vocab_size]
-        self.softmax = nn.AdaptiveLogSoftmaxWithLoss(width, vocab_size, cutoffs, div_value=4.0)
+        # div_value is gcnn's tail_factor: tail i projects to width / tail_factor**(i + 1)
+        self.softmax = nn.AdaptiveLogSoftmaxWithLoss(
+            width, vocab_size, cutoffs, div_value=float(tail_factor)
+        )
         self.dropout = dropout
 
     def forward(self, inputs, targets):
@@ -74,4 +79,5 @@ def plain_port(preset: dict, vocab_size: int) -> PlainGCNN:
         preset["blocks"],
         preset.get("cutoffs", []),
         preset.get("dropout", 0.0),
+        preset.get("tail_factor", 4),
     )

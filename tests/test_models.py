@@ -342,6 +342,25 @@ def test_variants_benchmark_times_each_variant_on_its_own_batches(tiny_corpus):
     assert "[4x(0+8), bf16]" in rows[0] and "--dropout 0" in rows[1]
 
 
+@pytest.mark.parametrize("name", ["gcnn-small", "gcnn-8-small", "gcnn-8"])
+def test_the_plain_port_has_the_presets_sizes(name):
+    # the port is what the step is held to; with narrower softmax tails it would do less work
+    # (it did, at gcnn-8-small's shape, until its tail_factor was passed on)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from plain_port import plain_port
+
+    ours = build_model(name, 12_000)
+    port = plain_port(PRESETS[name], 12_000)
+
+    def shapes(module):
+        return sorted(tuple(p.shape) for p in module.parameters())
+
+    assert shapes(port.softmax) == shapes(ours.softmax)
+    convs = [m for m in ours.modules() if isinstance(m, torch.nn.Conv1d)]
+    port_convs = [m for m in port.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert [c.weight.shape for c in port_convs] == [c.weight.shape for c in convs]
+
+
 def test_a_timed_lstm_step_carries_its_state_as_the_trainer_does():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from bench_train_step import gcnn_step
