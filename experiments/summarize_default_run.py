@@ -32,9 +32,14 @@ def summarize(directory: Path) -> dict:
     model = next(
         (line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), ""
     )
+    # cpu_kind_check.sh --emulate: the instruction-set cap the run was made under
+    emulating = next(
+        (line[len("emulating ") :] for line in lscpu if line.startswith("emulating ")), None
+    )
     return {
         "command": "python train.py",
         "cpu": model,
+        **({"emulating": emulating} if emulating else {}),
         "commit": run_commit(directory),
         "updates": last["step"],
         "epochs": last["epoch"],

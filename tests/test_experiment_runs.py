@@ -201,4 +201,11 @@ def test_default_run_record_names_the_runs_commit_not_a_later_benchmarks(tmp_pat
     (tmp_path / "default-run.json").unlink()
     assert summarize_default_run.main([str(tmp_path)]) == 0
     assert json.loads((tmp_path / "default-run.json").read_text())["commit"] is None
+    assert "emulating" not in json.loads((tmp_path / "default-run.json").read_text())
+    # a run under `cpu_kind_check.sh --emulate no-bf16` says so
+    emulated = "emulating no-bf16: ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI"
+    (tmp_path / "lscpu.txt").write_text(lscpu + emulated + "\n")
+    assert summarize_default_run.main([str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "default-run.json").read_text())
+    assert record["emulating"] == emulated[len("emulating ") :]
     capsys.readouterr()
