@@ -378,3 +378,17 @@ def test_every_benchmark_reports_the_load_it_ran_under(monkeypatch, capsys):
     assert len(runnable) >= 8
     reports = ("reported_load()", "run_benchmark(main)")  # the second runs main in the first
     assert [p.name for p in runnable if not any(r in p.read_text() for r in reports)] == []
+
+
+def test_the_precision_check_reports_the_hardware_rule_where_there_is_no_bf16(
+    monkeypatch, tmp_path, capsys
+):
+    # an AVX2-only CPU (or ONEDNN_MAX_CPU_ISA=AVX2): nothing to measure, so nothing to poison
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import precision_check
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_check, "batch", lambda *a: pytest.fail("built a model"))
+    assert precision_check.main(["--json", str(tmp_path / "check.json")]) == 0
+    assert "no bf16 path: auto picks fp32" in capsys.readouterr().out
+    assert json.loads((tmp_path / "check.json").read_text())["hardware"] == "fp32"
