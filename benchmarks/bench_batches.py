@@ -23,6 +23,7 @@ from gcnn.data import BlockBatcher
 from gcnn.errors import GcnnError
 from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import build_model
+from gcnn.precision import available
 
 WT103_TRAIN_TOKENS = 103_227_021
 WT103_VOCAB = 267_735
@@ -42,8 +43,10 @@ def step_ms(model, inputs, targets, repeats: int) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.99, nesterov=True)
     plan = model.plan(targets)
 
+    bf16 = "bf16" in available(torch.device("cpu"))
+
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             nll, count, _ = model.loss(inputs, targets, plan=plan)
         (nll / count).backward()
         opt.step()

@@ -33,7 +33,7 @@ from gcnn.devices import resolve_device
 from gcnn.errors import GcnnError
 from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import PRESETS, build_model
-from gcnn.precision import choose_precision
+from gcnn.precision import available, choose_precision
 from gcnn.timing import interleaved_timings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -162,7 +162,7 @@ def measure(
     ours = build_model(preset, vocab_size).to(device)
     context = ours.receptive_field - 1
     inputs, targets = (t.to(device) for t in training_batch(ours, vocab_size, rows, block))
-    precisions = ("fp32", "bf16")
+    precisions = available(device)  # bf16 only where the hardware has a path for it
     calls = {}
     for precision in precisions:
         bf16 = precision == "bf16"
@@ -183,7 +183,8 @@ def measure(
                 port, inputs, targets, precision == "bf16", optimizer_for(port, opt)
             )
     flops = {}
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         calls[f"matmul {precision}"], flops[precision] = matmul_fn(dtype, device)
     # what --precision auto would pick here, measured the way the trainer measures it (before
     # the timing below, which then says whether that pick was the faster one)
@@ -206,8 +207,9 @@ def report(result: dict) -> list[str]:
     best = max(peak.values())
     lines = [
         f"{result['shape']}: {flops / 1e9:.1f} useful GFLOP per step; matrix products "
-        f"{peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} bf16 "
-        f"(best {best / 1e9:.0f})",
+        f"{peak['fp32'] / 1e9:.0f} GFLOP/s fp32, "
+        + (f"{peak['bf16'] / 1e9:.0f} bf16" if "bf16" in peak else "bf16 not timed: no bf16 path")
+        + f" (best {best / 1e9:.0f})",
         "| model | precision | ms/step | tokens/s | MFU vs best | gcnn / plain speed |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -222,7 +224,7 @@ def report(result: dict) -> list[str]:
                 f"| {who} | {precision} | {1e3 * t:,.0f} | {result['tokens'] / t:,.0f} "
                 f"| {100 * flops / t / best:.0f}% | {ratio} |"
             )
-    t = {p: s[f"gcnn {p}"] for p in ("fp32", "bf16")}
+    t = {p: s[f"gcnn {p}"] for p in peak}
     best = min(t, key=t.get)
     lines.append(
         f"--precision auto picked {result['auto']}: "

@@ -11,6 +11,9 @@
 #       instead of using bf16 dot products. The code paths and the precision chooser's
 #       decisions are that kind's; the speeds are this CPU's cores running them. Records go to
 #       <cpu kind>-emulating-no-bf16/.
+#   bash benchmarks/cpu_kind_check.sh --emulate avx2      # as a CPU with AVX2 and nothing newer
+#       (an EPYC of Zen 2 or 3, a Xeon of Haswell or Broadwell): oneDNN, ATen and MKL capped at
+#       AVX2, so there is no bf16 path and auto trains in fp32 without measuring.
 # Writes experiments/records/perf/<cpu kind>/: lscpu.txt, the per-op profiles of the training
 # step against the plain port (both precisions; gcnn-small's, the default's and gcnn-8's
 # shapes), the step's speed and MFU (bench_train_step), what glibc's malloc settings do to the
@@ -29,10 +32,12 @@ while (($#)); do
   shift
 done
 case $emulate in
-  "") ;;
-  no-bf16) export ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI ;;
-  *) echo "cpu_kind_check.sh: --emulate takes no-bf16" >&2; exit 2 ;;
+  "") caps="" ;;
+  no-bf16) caps="ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI" ;;
+  avx2) caps="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2" ;;
+  *) echo "cpu_kind_check.sh: --emulate takes no-bf16 or avx2" >&2; exit 2 ;;
 esac
+for cap in $caps; do export "${cap?}"; done
 # the kind: model name, family/model numbers (a VM may show only "AMD EPYC"), AMX or not
 kind=$(python -c "
 import re
@@ -48,7 +53,7 @@ commit=$(git describe --always --dirty)
 mkdir -p "$out"
 echo "records in $out, from $commit"
 { date -u +%FT%TZ; echo "$commit"; lscpu
-  if [[ -n $emulate ]]; then echo "emulating $emulate: ONEDNN_MAX_CPU_ISA=$ONEDNN_MAX_CPU_ISA"; fi
+  if [[ -n $emulate ]]; then echo "emulating $emulate: $caps"; fi
 } > "$out/lscpu.txt"
 # the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
 # caching, building a batch, sampling, a dropout mask (each output headed by its command and

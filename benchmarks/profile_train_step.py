@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from gcnn.errors import GcnnError
 from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import PRESETS, build_model
+from gcnn.precision import available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import (  # noqa: E402
@@ -47,7 +48,7 @@ def steps_for(shape: str, vocab_size: int) -> tuple[dict, int]:
     torch.manual_seed(0)
     port = plain_port(PRESETS[preset], vocab_size)
     calls = {}
-    for precision in ("fp32", "bf16"):
+    for precision in available(torch.device("cpu")):  # bf16 where the CPU has a path for it
         bf16 = precision == "bf16"
         optimizer = trainer_optimizer(ours, opt, "cpu")
         calls[f"gcnn {precision}"] = gcnn_step(ours, inputs, targets, bf16, optimizer)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, step in calls.items():
         times, total = op_times(step, args.steps, args.warmup)
         result[name] = {"total_us": total, "ops_us": times}
-    for precision in ("fp32", "bf16"):
+    for precision in available(torch.device("cpu")):
         for who in ("gcnn", "plain"):
             r = result[f"{who} {precision}"]
             print(

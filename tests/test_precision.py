@@ -392,3 +392,9 @@ def test_the_precision_check_reports_the_hardware_rule_where_there_is_no_bf16(
     assert precision_check.main(["--json", str(tmp_path / "check.json")]) == 0
     assert "no bf16 path: auto picks fp32" in capsys.readouterr().out
     assert json.loads((tmp_path / "check.json").read_text())["hardware"] == "fp32"
+
+
+def test_benchmarks_time_bf16_only_where_the_hardware_has_a_path(monkeypatch):
+    assert precision.available(CPU) == ("fp32", "bf16")  # the fixture: a CPU with bf16
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.available(CPU) == ("fp32",)
