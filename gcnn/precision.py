@@ -181,7 +181,7 @@ def hardware_choice(device: torch.device) -> str | None:
 
 def available(device: torch.device) -> tuple[str, ...]:
     """The precisions worth timing on `device`: fp32, and bf16 where the hardware has a path
-    for it (a CPU without one runs bf16 in reference kernels, 10-100x slower than fp32; so does
+    for it (a CPU without one runs bf16 in reference kernels, far slower than fp32; so does
     a pre-Ampere GPU). What benchmarks compare; auto never picks a precision left out."""
     return ("fp32",) if hardware_choice(device) == "fp32" else CHOICES
 
