@@ -37,7 +37,7 @@ def summarize(directory: Path) -> dict:
         (line[len("emulating ") :] for line in lscpu if line.startswith("emulating ")), None
     )
     return {
-        "command": "python train.py",
+        "command": run_command(directory),
         "cpu": model,
         **({"emulating": emulating} if emulating else {}),
         "commit": run_commit(directory),
@@ -51,6 +51,20 @@ def summarize(directory: Path) -> dict:
         "best_step": best["step"],
         "test_ppl": round(test["perplexity"], 2),
     }
+
+
+def run_command(directory: Path) -> str:
+    """The training command default-train.txt's header names, without the environment caps
+    (recorded as "emulating"), --no-progress and the run directory: "python train.py" for the
+    default itself, "python train.py --seed 2" for another seed of it."""
+    try:
+        header = (directory / "default-train.txt").open().readline()
+    except OSError:
+        header = ""
+    found = re.match(r"\$ (?:\S+=\S+ )*(python train\.py.*?)\s+\(\S+, \S+\)\s*$", header)
+    if not found:
+        return "python train.py"
+    return re.sub(r" --out \S+| --no-progress", "", found.group(1))
 
 
 def run_commit(directory: Path) -> str | None:

@@ -208,4 +208,11 @@ def test_default_run_record_names_the_runs_commit_not_a_later_benchmarks(tmp_pat
     assert summarize_default_run.main([str(tmp_path)]) == 0
     record = json.loads((tmp_path / "default-run.json").read_text())
     assert record["emulating"] == emulated[len("emulating ") :]
+    assert record["command"] == "python train.py"
+    # another seed of the default, under the caps: the command says which
+    header = "$ ONEDNN_MAX_CPU_ISA=AVX2 python train.py --seed 2 --no-progress --out runs/y  "
+    (tmp_path / "default-train.txt").write_text(header + "(2026-12-07T10:00:00Z, ccccccc)\n")
+    assert summarize_default_run.main([str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "default-run.json").read_text())
+    assert (record["command"], record["commit"]) == ("python train.py --seed 2", "ccccccc")
     capsys.readouterr()
