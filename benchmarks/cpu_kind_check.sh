@@ -58,8 +58,8 @@ echo "records in $out, from $commit"
 # the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
 # caching, building a batch, sampling, a dropout mask (each output headed by its command and
 # commit)
-header() {  # the line each record starts with: "$ COMMAND  (DATE, COMMIT)"
-  echo "\$ $*  ($(date -u +%FT%TZ), $commit)"
+header() {  # the line each record starts with: "$ [CAPS] COMMAND  (DATE, COMMIT)"
+  echo "\$ ${caps:+$caps }$*  ($(date -u +%FT%TZ), $commit)"
 }
 record() {  # record FILE COMMAND..: its output, headed by the command and commit, into $out/FILE
   local file=$1; shift

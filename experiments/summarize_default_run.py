@@ -53,15 +53,21 @@ def summarize(directory: Path) -> dict:
     }
 
 
+def header(directory: Path) -> str:
+    """default-train.txt's first line, "$ COMMAND  (DATE, COMMIT)" (cpu_kind_check.sh's
+    header()); "" where there is none."""
+    try:
+        with (directory / "default-train.txt").open() as f:
+            return f.readline()
+    except OSError:
+        return ""
+
+
 def run_command(directory: Path) -> str:
     """The training command default-train.txt's header names, without the environment caps
     (recorded as "emulating"), --no-progress and the run directory: "python train.py" for the
     default itself, "python train.py --seed 2" for another seed of it."""
-    try:
-        header = (directory / "default-train.txt").open().readline()
-    except OSError:
-        header = ""
-    found = re.match(r"\$ (?:\S+=\S+ )*(python train\.py.*?)\s+\(\S+, \S+\)\s*$", header)
+    found = re.match(r"\$ (?:\S+=\S+ )*(python train\.py.*?)\s+\(\S+, \S+\)\s*$", header(directory))
     if not found:
         return "python train.py"
     return re.sub(r" --out \S+| --no-progress", "", found.group(1))
@@ -72,11 +78,7 @@ def run_commit(directory: Path) -> str | None:
     (DATE, COMMIT)"). Not lscpu.txt's: a later `cpu_kind_check.sh --no-default` rewrites that
     with its own commit, while the default run's files stay. A record from before the header
     keeps the commit its default-run.json was written with (at the time of the run), if any."""
-    try:
-        header = (directory / "default-train.txt").open().readline()
-    except OSError:
-        header = ""
-    if found := re.match(r"\$ .*\(\S+, (\S+)\)\s*$", header):
+    if found := re.match(r"\$ .*\(\S+, (\S+)\)\s*$", header(directory)):
         return found.group(1)
     try:
         return json.loads((directory / "default-run.json").read_text()).get("commit")
