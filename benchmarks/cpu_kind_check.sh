@@ -3,8 +3,8 @@
 # 20 minutes; run it alone on a quiet machine, from a clean tree):
 #   bash benchmarks/cpu_kind_check.sh            # everything
 #   bash benchmarks/cpu_kind_check.sh --no-default   # without the 9-minute default run
-#   bash benchmarks/cpu_kind_check.sh --benches      # only the data, evaluation and sampling
-#                                                    # benchmarks (a few minutes)
+#   bash benchmarks/cpu_kind_check.sh --benches      # only the data, evaluation, sampling,
+#                                                    # dropout and convolution benchmarks
 #   bash benchmarks/cpu_kind_check.sh --emulate no-bf16   # (with either of the above, or alone)
 #       as a CPU without avx512_bf16 would run (a Xeon of Skylake to Ice Lake): oneDNN capped
 #       at AVX512_CORE_VNNI (ONEDNN_MAX_CPU_ISA), so its bf16 kernels convert to and from fp32
@@ -56,8 +56,8 @@ echo "records in $out, from $commit"
   if [[ -n $emulate ]]; then echo "emulating $emulate: $caps"; fi
 } > "$out/lscpu.txt"
 # the benchmarks of docs/performance.md's last tables: exact perplexity's cost, tokenizing and
-# caching, building a batch, sampling, a dropout mask (each output headed by its command and
-# commit)
+# caching, building a batch, sampling, a dropout mask, and the convolutions against unfolded
+# matrix products (each output headed by its command and commit)
 header() {  # the line each record starts with: "$ [CAPS] COMMAND  (DATE, COMMIT)"
   echo "\$ ${caps:+$caps }$*  ($(date -u +%FT%TZ), $commit)"
 }
@@ -73,6 +73,7 @@ bench bench_data
 bench bench_batches
 bench bench_sampling
 bench bench_dropout
+bench bench_conv
 if ((benches_only)); then exit 0; fi
 for shape in gcnn-small gcnn-8-small gcnn-8; do
   record "profile-$shape.txt" \

@@ -170,3 +170,26 @@ def test_the_peak_is_the_best_of_every_shape_measured(roofline, monkeypatch):
     shapes = roofline.gemm_shapes(build_model("gcnn-small", 50, **tiny), length=5)
     assert (5, 3 * 16, 2 * 16) in shapes  # the gated convolution over its unfolded windows
     assert (5, 8, 16) in shapes  # the embedding's projection to the first width
+
+
+def test_the_budget_curve_finds_where_the_default_meets_its_goal():
+    # recipe_probes.budget_curve: mean and interval per budget, over whichever seeds ran, and
+    # the crossing of the goal with log-perplexity linear in the updates between two budgets
+    from recipe_probes import BUDGETS, GOAL, budget_curve
+
+    small, large = sorted(BUDGETS)[:2]
+
+    def runs(name, values):
+        names = [name, *(f"{name}-s{seed}" for seed in range(2, 2 + len(values) - 1))]
+        return {n: {"test_ppl": v} for n, v in zip(names, values, strict=True)}
+
+    probes = runs(BUDGETS[small], [150.0, 152.0, 148.0]) | runs(BUDGETS[large], [130.0])
+    curve = budget_curve(probes)
+    first, second = curve["rows"]
+    assert (first["updates"], first["seeds"], first["mean"]) == (small, 3, 150.0)
+    assert first["low"] < 150.0 < first["high"]
+    assert (second["seeds"], second["low"], second["high"]) == (1, None, None)  # one seed
+    t = math.log(150 / GOAL) / math.log(150 / 130)
+    assert curve["meets_goal_from_updates"] == round(small + t * (large - small))
+    # every budget above the goal: no crossing claimed
+    assert budget_curve(runs(BUDGETS[small], [141.0]))["meets_goal_from_updates"] is None

@@ -361,6 +361,31 @@ def test_the_plain_port_has_the_presets_sizes(name):
     assert [c.weight.shape for c in port_convs] == [c.weight.shape for c in convs]
 
 
+def test_the_convolution_benchmark_times_one_computation_three_ways():
+    # bench_conv.py's verdict means something only if its GEMMs are the causal convolution,
+    # forward and backward: the same gradients for the input, the weight and the bias
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_conv import conv_layers, variants
+
+    layers, field = conv_layers("gcnn-8-small")
+    assert layers == {(128, 256, 4): 8} and field == 25
+    calls, leaves = variants(rows=3, steps=11, layer=(6, 10, 3), bf16=False)
+    grads = {}
+    for name, call in calls.items():
+        call()
+        x = (
+            leaves["x_time_major"].grad.transpose(1, 2)
+            if "time-major" in name
+            else leaves["x"].grad
+        )
+        grads[name] = (x, leaves["weight"].grad, leaves["bias"].grad)
+        for t in leaves.values():
+            t.grad = None
+    for name in ("gemm", "gemm, time-major"):
+        for ours, conv in zip(grads[name], grads["conv"], strict=True):
+            torch.testing.assert_close(ours, conv, atol=1e-5, rtol=1e-5)
+
+
 def test_a_timed_lstm_step_carries_its_state_as_the_trainer_does():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from bench_train_step import gcnn_step
