@@ -172,6 +172,12 @@ PROBES = {
         f"budget-{n}": ("8x128-tf2", 2048, 0.03, 0.1, n, ["--weight-decay", "0.1", *LATE_4])
         for n in (1600, 2000, 2400, 2700)
     },
+    # ... and whether weight decay 0.1, which learns slower in the first epoch and faster after
+    # (P15 against P11), is still the better choice where the run ends within 2.4 epochs
+    **{
+        f"budget-{n}-wd0.01": ("8x128-tf2", 2048, 0.03, 0.1, n, ["--weight-decay", "0.01", *LATE_4])
+        for n in (2000, 2400)
+    },
     "L1": ("lstm-small", 4096, 0.01, 0.2, 3440),
     "L2": ("lstm-small", 4096, 0.01, 0.2, 3495, LATE_3),
 }
@@ -186,6 +192,7 @@ SEEDS |= {"slower-P25": (2, 3, 4, 5), "slower-P30": (2, 3, 4, 5)}
 SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32", "L1", "L2")}  # the seventh round
 SEEDS |= {name: (2, 3) for name in ("zen4-P30", "zen4-P32", "fast-P30", "fast-P32")}
 SEEDS |= {f"budget-{n}": (2, 3) for n in (1600, 2000, 2400, 2700)}  # the eighth round
+SEEDS |= {f"budget-{n}-wd0.01": (2, 3) for n in (2000, 2400)}
 for _name, _seeds in SEEDS.items():
     for _seed in _seeds:
         _other = PROBES[_name][5] if len(PROBES[_name]) > 5 else []
@@ -326,6 +333,7 @@ SEED_CLAIMS = (
     ("P15", "P11"), ("P21", "P15"), ("P25", "P21"), ("P25", "P15"), ("P27", "slower-P25"),
     ("slower-P30", "slower-P25"), ("P31", "P30"), ("P32", "P30"), ("L2", "L1"),
     ("zen4-P32", "zen4-P30"), ("fast-P32", "fast-P30"),
+    ("budget-2000", "budget-2000-wd0.01"), ("budget-2400", "budget-2400-wd0.01"),
 )  # fmt: skip
 
 
