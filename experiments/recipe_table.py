@@ -149,6 +149,9 @@ PROBES = {
         f"budget-{n}-wd0.01": ("8x128-tf2", 2048, 0.03, 0.1, n, ["--weight-decay", "0.01", *LATE_4])
         for n in (2000, 2400)
     },
+    # ... and a higher lr (P28's 4e-2, one seed at 2,762 updates before late dropout) just under
+    # the threshold
+    "budget-2400-lr0.04": ("8x128-tf2", 2048, 0.04, 0.1, 2400, ["--weight-decay", "0.1", *LATE_4]),
     "L1": ("lstm-small", 4096, 0.01, 0.2, 3440),
     "L2": ("lstm-small", 4096, 0.01, 0.2, 3495, LATE_3),
 }
@@ -164,6 +167,7 @@ SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32", "L1", "L2")}  # the sev
 SEEDS |= {name: (2, 3) for name in ("zen4-P30", "zen4-P32", "fast-P30", "fast-P32")}
 SEEDS |= {f"budget-{n}": (2, 3) for n in (1600, 2000, 2400, 2700)}  # the eighth round
 SEEDS |= {f"budget-{n}-wd0.01": (2, 3) for n in (2000, 2400)}
+SEEDS |= {"budget-2400-lr0.04": (2, 3)}
 for _name, _seeds in SEEDS.items():
     for _seed in _seeds:
         _other = PROBES[_name][5] if len(PROBES[_name]) > 5 else []
@@ -176,6 +180,7 @@ SEED_CLAIMS = (
     ("slower-P30", "slower-P25"), ("P31", "P30"), ("P32", "P30"), ("L2", "L1"),
     ("zen4-P32", "zen4-P30"), ("fast-P32", "fast-P30"),
     ("budget-2000", "budget-2000-wd0.01"), ("budget-2400", "budget-2400-wd0.01"),
+    ("budget-2400-lr0.04", "budget-2400"),
 )  # fmt: skip
 
 
