@@ -24,7 +24,6 @@ this CPU; a CPU where it reads below 1.00x is the case for choosing the layout b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections import Counter
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from gcnn.errors import GcnnError
+from gcnn.evaluation.inference import PRECISIONS
 from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import build_model
 from gcnn.models.blocks import CausalConv1d
@@ -57,13 +57,13 @@ def conv_layers(preset: str) -> tuple[Counter, int]:
     return layers, model.receptive_field
 
 
-def variants(rows: int, steps: int, layer: tuple[int, int, int], bf16: bool):
+def variants(rows: int, steps: int, layer: tuple[int, int, int], precision: str):
     """The three ways to run one convolution forward and backward, on the same numbers: (calls,
     leaves), each call leaving its gradients on the leaves (weight, bias, x; x_time_major is x's
     (B, T, C) copy, the time-major call's input)."""
     cin, cout, k = layer
     gen = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = PRECISIONS[precision]
     weight = (torch.randn(cout, cin, k, generator=gen) / (cin * k) ** 0.5).requires_grad_()
     bias = torch.randn(cout, generator=gen).requires_grad_()
     x = torch.randn(rows, cin, steps, generator=gen).to(dtype).requires_grad_()
@@ -72,8 +72,8 @@ def variants(rows: int, steps: int, layer: tuple[int, int, int], bf16: bool):
     grad_tm = grad.transpose(1, 2).contiguous()
     leaves = {"weight": weight, "bias": bias, "x": x, "x_time_major": x_tm}
 
-    def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    def autocast():  # bf16 over the fp32 weights, as the training step runs it
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def windows(xt: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B·T, k·C), tap-major
         padded = F.pad(xt, (0, 0, k - 1, 0))
@@ -100,9 +100,9 @@ def variants(rows: int, steps: int, layer: tuple[int, int, int], bf16: bool):
     return dict(zip(VARIANTS, (conv, gemm, gemm_time_major), strict=True)), leaves
 
 
-def timed_calls(rows: int, steps: int, layer: tuple[int, int, int], bf16: bool) -> list:
+def timed_calls(rows: int, steps: int, layer: tuple[int, int, int], precision: str) -> list:
     """variants() as timed: each call clears the gradients it left, as an optimizer step would."""
-    calls, leaves = variants(rows, steps, layer, bf16)
+    calls, leaves = variants(rows, steps, layer, precision)
 
     def clearing(fn):
         def call():
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         for precision in available(torch.device("cpu")):
             total = dict.fromkeys(VARIANTS, 0.0)
             for layer, count in layers.items():
-                calls = timed_calls(rows, steps, layer, precision == "bf16")
+                calls = timed_calls(rows, steps, layer, precision)
                 times = interleaved_timings(calls, args.rounds, 2, "cpu")
                 ms = [1e3 * t.median for t in times]
                 for name, value in zip(VARIANTS, ms, strict=True):

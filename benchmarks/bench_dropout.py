@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from gcnn.errors import GcnnError
+from gcnn.evaluation.inference import PRECISIONS
 from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import build_model, dropout
 from gcnn.models.dropout import Dropout, drop_cut, keep_mask
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | precision | us | vs nn.Dropout |")
     print("|---|---|---:|---:|")
     for name in available(torch.device("cpu")):
-        calls = variants(sizes, args.p, torch.bfloat16 if name == "bf16" else torch.float32)
+        calls = variants(sizes, args.p, PRECISIONS[name])
         times = interleaved_timings(list(calls.values()), args.rounds, warmup=5, device="cpu")
         base = times[0].median
         for variant, t in zip(calls, times, strict=True):

@@ -31,6 +31,7 @@ import torch
 from gcnn.allocator import keep_large_blocks
 from gcnn.devices import resolve_device
 from gcnn.errors import GcnnError
+from gcnn.evaluation.inference import PRECISIONS
 from gcnn.machine import cpu_name, run_benchmark
 from gcnn.models import PRESETS, build_model
 from gcnn.precision import available, choose_precision
@@ -184,8 +185,7 @@ def measure(
             )
     flops = {}
     for precision in precisions:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        calls[f"matmul {precision}"], flops[precision] = matmul_fn(dtype, device)
+        calls[f"matmul {precision}"], flops[precision] = matmul_fn(PRECISIONS[precision], device)
     # what --precision auto would pick here, measured the way the trainer measures it (before
     # the timing below, which then says whether that pick was the faster one)
     with tempfile.TemporaryDirectory() as cache, _env("GCNN_CACHE", cache):

@@ -202,7 +202,7 @@ def budget_curve(probes: dict) -> dict:
         tests = [probes[n]["test_ppl"] for n in runs if n in probes and probes[n]["test_ppl"]]
         if tests:
             i = interval(tests)
-            low, high = (round(v, 2) if abs(v) < 1e9 else None for v in (i.low, i.high))
+            low, high = (round(v, 2) if math.isfinite(v) else None for v in (i.low, i.high))
             rows.append({"updates": updates, "seeds": len(tests), "test_ppl": tests,
                          "mean": round(i.mean, 2), "low": low, "high": high})  # fmt: skip
     meets = rows[0]["updates"] if rows and rows[0]["mean"] <= GOAL else None

@@ -55,6 +55,7 @@ SHAPES = {  # model name -> --model-arg flags (gcnn-small's blocks narrowed); to
 # them; fast-P8 uses 1.74. P9 and P10 were stopped after 2 of their 4 epochs. The second round (P11
 # on) uses the ratios of speed-2.json, measured in one run; P11 is the default at the slow CPU's
 # budget as measured, not P8's 25% more.
+CURVE = (1600, 2000, 2400, 2700)  # the eighth round's budgets, in updates
 PROBES = {
     "P1": ("gcnn-small", 2048, 0.01, 0.2, 1880),
     "P2": ("gcnn-small", 2048, 0.01, 0.1, 1880),
@@ -141,7 +142,7 @@ PROBES = {
     # tokens/s can be read against
     **{
         f"budget-{n}": ("8x128-tf2", 2048, 0.03, 0.1, n, ["--weight-decay", "0.1", *LATE_4])
-        for n in (1600, 2000, 2400, 2700)
+        for n in CURVE
     },
     # ... and whether weight decay 0.1, which learns slower in the first epoch and faster after
     # (P15 against P11), is still the better choice where the run ends within 2.4 epochs
@@ -165,7 +166,7 @@ SEEDS = {name: (2, 3) for name in ("P11", "P15", "P21", "P25", "P27")}
 SEEDS |= {"slower-P25": (2, 3, 4, 5), "slower-P30": (2, 3, 4, 5)}
 SEEDS |= {name: (2, 3) for name in ("P30", "P31", "P32", "L1", "L2")}  # the seventh round
 SEEDS |= {name: (2, 3) for name in ("zen4-P30", "zen4-P32", "fast-P30", "fast-P32")}
-SEEDS |= {f"budget-{n}": (2, 3) for n in (1600, 2000, 2400, 2700)}  # the eighth round
+SEEDS |= {f"budget-{n}": (2, 3) for n in CURVE}  # the eighth round
 SEEDS |= {f"budget-{n}-wd0.01": (2, 3) for n in (2000, 2400)}
 SEEDS |= {"budget-2400-lr0.04": (2, 3)}
 for _name, _seeds in SEEDS.items():
@@ -187,6 +188,6 @@ SEED_CLAIMS = (
 # The default's recipe at each budget: the eighth round's probes, and the earlier probes that ran
 # exactly it (late dropout from epoch 4 and from epoch 3 are one run below 3,060 updates, where
 # neither has begun); updates -> the probe, seed 1's name
-BUDGETS = {1600: "budget-1600", 2000: "budget-2000", 2400: "budget-2400", 2700: "budget-2700"}
+BUDGETS = {n: f"budget-{n}" for n in CURVE}
 BUDGETS |= {2919: "slower-P30", 3423: "P32"}
 GOAL = 140.0  # the default run's goal: WikiText-2 test perplexity in 9 minutes

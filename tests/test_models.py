@@ -369,7 +369,7 @@ def test_the_convolution_benchmark_times_one_computation_three_ways():
 
     layers, field = conv_layers("gcnn-8-small")
     assert layers == {(128, 256, 4): 8} and field == 25
-    calls, leaves = variants(rows=3, steps=11, layer=(6, 10, 3), bf16=False)
+    calls, leaves = variants(rows=3, steps=11, layer=(6, 10, 3), precision="fp32")
     grads = {}
     for name, call in calls.items():
         call()
