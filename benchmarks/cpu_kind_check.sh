@@ -11,6 +11,10 @@
 #       instead of using bf16 dot products. The code paths and the precision chooser's
 #       decisions are that kind's; the speeds are this CPU's cores running them. Records go to
 #       <cpu kind>-emulating-no-bf16/.
+#   bash benchmarks/cpu_kind_check.sh --emulate no-amx    # on a CPU with AMX: as one with
+#       avx512_bf16 and no AMX would run (a Xeon of Cooper Lake, or an EPYC of Zen 4 or 5):
+#       oneDNN capped at AVX512_CORE_BF16, so its bf16 products use avx512_bf16 dot products
+#       instead of AMX tiles.
 #   bash benchmarks/cpu_kind_check.sh --emulate avx2      # as a CPU with AVX2 and nothing newer
 #       (an EPYC of Zen 2 or 3, a Xeon of Haswell or Broadwell): oneDNN, ATen and MKL capped at
 #       AVX2, so there is no bf16 path and auto trains in fp32 without measuring.
@@ -33,9 +37,10 @@ while (($#)); do
 done
 case $emulate in
   "") caps="" ;;
+  no-amx) caps="ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" ;;
   no-bf16) caps="ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI" ;;
   avx2) caps="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2" ;;
-  *) echo "cpu_kind_check.sh: --emulate takes no-bf16 or avx2" >&2; exit 2 ;;
+  *) echo "cpu_kind_check.sh: --emulate takes no-amx, no-bf16 or avx2" >&2; exit 2 ;;
 esac
 for cap in $caps; do export "${cap?}"; done
 # the kind: model name, family/model numbers (a VM may show only "AMD EPYC"), AMX or not
