@@ -8,6 +8,7 @@ and tests/test_cuda.py runs the same paths for real wherever a GPU is present.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -247,3 +248,28 @@ def test_adamw_decays_matrices_but_not_gains_or_biases():
     assert not any(n.endswith("bias") for n in decayed)
     fused = make_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3), torch.device("cuda"))
     assert fused.defaults["fused"] is True
+
+
+def test_fused_nag_takes_the_same_steps_as_torchs_own_sgd():
+    """NAG runs fused (one kernel for momentum, Nesterov's look-ahead and weight decay); its
+    updates are torch's per-tensor SGD's, first step (the buffer starts as the gradient) on."""
+    torch.manual_seed(0)
+    model = build_model(
+        "gcnn-small", 50, embed_dim=8, blocks=[{"layers": [[3, 8]]}], cutoffs=[9], dropout=0.0
+    )
+    twin = copy.deepcopy(model)
+    config = TrainConfig(optimizer="nag", lr=0.5, momentum=0.99, weight_decay=0.01)
+    fused = make_optimizer(model, config)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.SGD(
+        twin.parameters(), lr=0.5, momentum=0.99, nesterov=True, weight_decay=0.01, foreach=False
+    )
+    x = torch.randint(0, 50, (2, 12))
+    for _ in range(3):
+        for m, opt in ((model, fused), (twin, plain)):
+            nll, count, _ = m.loss(x[:, :-1], x[:, 1:])
+            (nll / count).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
