@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from gcnn.errors import GcnnError
 from gcnn.models import IGNORE_INDEX, AdaptiveSoftmax
+from gcnn.models.adaptive_softmax import padded_length
 
 V, D = 57, 24
 
@@ -85,13 +86,41 @@ def test_unused_tails_get_no_gradient_and_do_not_crash():
     out.sum().backward()
 
 
+def test_padded_tail_rows_change_no_value_and_no_gradient():
+    """A tail runs on its rows padded to padded_length (copies of the last row): what reaches
+    the log-probabilities and the gradients is the real rows' only."""
+    torch.manual_seed(4)
+    asm = AdaptiveSoftmax(D, V, [6, 30])
+    hidden = torch.randn(3, 11, D, requires_grad=True)
+    targets = torch.randint(6, V, (3, 11))  # 33 tail targets: padded to 40 and less
+    plan = asm.plan(targets)
+    assert [len(r) for r in plan.rows] == [padded_length(n) for n in plan.counts]
+    assert sum(plan.counts) == 33 and any(
+        len(r) > n for r, n in zip(plan.rows, plan.counts, strict=True)
+    )
+    lp = asm.target_log_prob(hidden, plan=plan)
+    grads = torch.autograd.grad(lp.sum(), [hidden, *asm.parameters()])
+    ref = asm.log_prob(hidden).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ref_grads = torch.autograd.grad(ref.sum(), [hidden, *asm.parameters()])
+    torch.testing.assert_close(lp, ref, rtol=1e-6, atol=1e-6)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_padded_length_keeps_few_shapes_and_little_waste():
+    lengths = [padded_length(n) for n in range(4097)]
+    assert lengths[0] == 0 and lengths[1] == 8
+    assert all(n <= p <= n + max(7, n // 8) and p % 8 == 0 for n, p in enumerate(lengths))
+    assert len(set(lengths[150:351])) <= 12  # a tail's row counts in a default batch
+
+
 def test_only_needed_tails_run():
     asm = AdaptiveSoftmax(D, V, [6, 30])
     calls = []
     for i, tail in enumerate(asm.tails):
         tail.register_forward_hook(lambda m, args, out, i=i: calls.append((i, args[0].shape[0])))
     asm.target_log_prob(torch.randn(6, D), torch.tensor([0, 7, 8, 3, 2, 1]))
-    assert calls == [(0, 2)]  # two rows in cluster 0, cluster 1 never computed
+    assert calls == [(0, 8)]  # two rows in cluster 0 (padded to 8), cluster 1 never computed
 
 
 def test_bf16_autocast_keeps_fp32_log_sum_exp():

@@ -66,6 +66,21 @@ def target_log_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return _TargetLogSoftmax.apply(logits, target)
 
 
+def padded_length(n: int) -> int:
+    """`n` rounded up to a multiple of 8, and above 64 to one of 8 lengths per octave (at
+    most 1/8 more rows).
+
+    A tail's rows are the batch's targets that fall in its cluster, a count that changes with
+    every batch. oneDNN (torch's bf16 matrix products on a CPU) compiles a kernel for each
+    matrix shape it meets and keeps it: hundreds of row counts per tail made a 9-minute bf16
+    run grow to 3.4 GB, and re-compiling once the cache is full cost a third of the speed.
+    Padding the rows to a few lengths keeps the shapes, and the compiled kernels, few."""
+    if n <= 8:
+        return n and 8
+    step = max(8, 1 << (n.bit_length() - 4))
+    return -(-n // step) * step
+
+
 @dataclass
 class SoftmaxPlan:
     """The data-dependent part of scoring targets, decided on the host before the forward pass.
@@ -73,7 +88,9 @@ class SoftmaxPlan:
     Which targets are scored and which tail cluster each one needs are known as soon as the batch
     is built, on the CPU. Working them out there means the forward pass needs no `nonzero()` or
     range check on the device, each of which would stall a GPU until everything before it has
-    finished. `rows[i]` indexes the scored targets of cluster i, `words[i]` their ids within it.
+    finished. `rows[i]` indexes the scored targets of cluster i, `words[i]` their ids within it;
+    both are padded (repeating their last entry) to `padded_length(counts[i])`, of which the
+    first `counts[i]` are real.
     """
 
     shape: tuple[int, ...]  # the targets' shape
@@ -81,6 +98,7 @@ class SoftmaxPlan:
     head_target: torch.Tensor  # per scored target: its head class (word or cluster logit)
     rows: list[torch.Tensor]
     words: list[torch.Tensor]
+    counts: list[int]  # the real rows of each cluster, before padding
 
     @property
     def numel(self) -> int:
@@ -97,6 +115,7 @@ class SoftmaxPlan:
             fn(self.head_target),
             [fn(r) for r in self.rows],
             [fn(w) for w in self.words],
+            self.counts,
         )
 
     def to(self, device, non_blocking: bool = False) -> SoftmaxPlan:
@@ -203,13 +222,16 @@ class AdaptiveSoftmax(nn.Module):
         cluster = np.searchsorted(np.asarray(self.cutoffs, dtype=np.int64), t, side="right")
         # a head word scores itself, a tail word its cluster's logit
         head_target = np.where(cluster == 0, t, self.shortlist + cluster - 1)
-        rows, words = [], []
+        rows, words, counts = [], [], []
         for i in range(self.n_clusters):
             members = np.flatnonzero(cluster == i + 1)
+            counts.append(len(members))
+            if len(members):  # padded with copies of the last member (see padded_length)
+                members = np.pad(members, (0, padded_length(len(members)) - len(members)), "edge")
             rows.append(torch.from_numpy(members))
             words.append(torch.from_numpy(t[members] - self.bounds[i]))
         return SoftmaxPlan(
-            shape, torch.from_numpy(keep), torch.from_numpy(head_target), rows, words
+            shape, torch.from_numpy(keep), torch.from_numpy(head_target), rows, words, counts
         )
 
     def target_log_prob(
@@ -229,11 +251,11 @@ class AdaptiveSoftmax(nn.Module):
             raise ValueError(f"hidden has {hidden.size(0)} rows but targets {plan.numel}")
         h = hidden.index_select(0, plan.keep)
         out = target_log_softmax(self.head(h), plan.head_target)
-        for i, (rows, words) in enumerate(zip(plan.rows, plan.words, strict=True)):
-            if rows.numel() == 0:  # known on the host: no device sync
+        for i, (rows, words, n) in enumerate(zip(plan.rows, plan.words, plan.counts, strict=True)):
+            if n == 0:  # known on the host: no device sync
                 continue
             tail = target_log_softmax(self.tails[i](h.index_select(0, rows)), words)
-            out = out.index_add(0, rows, tail)
+            out = out.index_add(0, rows[:n], tail[:n])  # the padding's rows are dropped
         result = torch.zeros(plan.numel, dtype=out.dtype, device=out.device)
         result = result.index_copy(0, plan.keep, out)
         return result.view(plan.shape)
