@@ -11,6 +11,8 @@
 #       instead of using bf16 dot products. The code paths and the precision chooser's
 #       decisions are that kind's; the speeds are this CPU's cores running them. Records go to
 #       <cpu kind>-emulating-no-bf16/.
+#   bash benchmarks/cpu_kind_check.sh --default-only --into NAME   # only the default run, its
+#       records in <cpu kind>/NAME/ (again after a change, beside the first one's)
 #   bash benchmarks/cpu_kind_check.sh --emulate no-amx    # on a CPU with AMX: as one with
 #       avx512_bf16 and no AMX would run (a Xeon of Cooper Lake, or an EPYC of Zen 4 or 5):
 #       oneDNN capped at AVX512_CORE_BF16, so its bf16 products use avx512_bf16 dot products
@@ -25,16 +27,21 @@
 # (precision_check), and the default run (`python train.py`) with its test perplexity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-default=1 benches_only=0 emulate=""
+default=1 benches_only=0 default_only=0 emulate="" into=""
 while (($#)); do
   case $1 in
     --no-default) default=0 ;;
     --benches) benches_only=1 ;;
+    --default-only) default_only=1 ;;
+    --into) into=${2:-}; shift ;;
     --emulate) emulate=${2:-}; shift ;;
     *) echo "cpu_kind_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+if [[ -n $into && ! $into =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
+  echo "cpu_kind_check.sh: --into takes a plain name (letters, digits, . _ -)" >&2; exit 2
+fi
 case $emulate in
   "") caps="" ;;
   no-amx) caps="ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" ;;
@@ -51,7 +58,7 @@ info = dict(l.split(':', 1) for l in open('/proc/cpuinfo') if ':' in l)
 fm = ' f%s m%s' % (info.get('cpu family\t', '?').strip(), info.get('model\t\t', '?').strip())
 amx = ' amx' if any(f.startswith('amx') for f in cpu_flags()) else ''
 print(re.sub('[^a-z0-9]+', '-', (cpu_model() + fm + amx).lower()).strip('-'))")
-out="experiments/records/perf/$kind${emulate:+-emulating-$emulate}"
+out="experiments/records/perf/$kind${emulate:+-emulating-$emulate}${into:+/$into}"
 # the commit measured, taken before this script writes its first record (which would make every
 # later `git describe --dirty` say dirty)
 commit=$(git describe --always --dirty)
@@ -73,22 +80,24 @@ record() {  # record FILE COMMAND..: its output, headed by the command and commi
 bench() {
   record "$1.txt" python "benchmarks/$1.py" "${@:2}"
 }
-bench bench_perplexity
-bench bench_data
-bench bench_batches
-bench bench_sampling
-bench bench_dropout
-bench bench_conv
-if ((benches_only)); then exit 0; fi
-for shape in gcnn-small gcnn-8-small gcnn-8; do
-  record "profile-$shape.txt" \
-    python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json"
-done
-record bench_train_step.txt \
-  python benchmarks/bench_train_step.py --shapes gcnn-small gcnn-8-small gcnn-8
-record malloc_check.txt bash benchmarks/malloc_check.sh 3
-record precision_check.txt \
-  python benchmarks/precision_check.py --json "$out/precision_check.json"
+if ((!default_only)); then
+  bench bench_perplexity
+  bench bench_data
+  bench bench_batches
+  bench bench_sampling
+  bench bench_dropout
+  bench bench_conv
+  if ((benches_only)); then exit 0; fi
+  for shape in gcnn-small gcnn-8-small gcnn-8; do
+    record "profile-$shape.txt" \
+      python benchmarks/profile_train_step.py --shape "$shape" --json "$out/profile-$shape.json"
+  done
+  record bench_train_step.txt \
+    python benchmarks/bench_train_step.py --shapes gcnn-small gcnn-8-small gcnn-8
+  record malloc_check.txt bash benchmarks/malloc_check.sh 3
+  record precision_check.txt \
+    python benchmarks/precision_check.py --json "$out/precision_check.json"
+fi
 if ((default)); then
   run="runs/cpu-kind-default-$(date -u +%Y%m%dT%H%M%S)"
   # headed as record()'s files are: summarize_default_run.py takes the run's commit from it
