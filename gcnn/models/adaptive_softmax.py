@@ -46,7 +46,8 @@ class _TargetLogSoftmax(torch.autograd.Function):
         # at least fp32 (bf16/fp16 logits are upcast; a float64 model stays float64): a bf16
         # log-sum-exp over thousands of logits would lose most of its precision
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        # dtype= upcasts inside the kernel: no fp32 copy of the logits is written and read back
+        # dtype= saves a separate .float(); torch still writes an fp32 copy of bf16 logits first
+        # on a CPU (its kernel has no upcasting path there: `aten::copy_` in the profiles)
         log_probs = F.log_softmax(logits, dim=-1, dtype=dtype)
         ctx.save_for_backward(log_probs, target)
         ctx.logits_dtype = logits.dtype
