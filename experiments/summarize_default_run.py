@@ -3,7 +3,7 @@
 Reads RECORD_DIR/default-metrics.jsonl, default-test.json, default-train.txt and lscpu.txt (as
 cpu_kind_check.sh writes them) and writes RECORD_DIR/default-run.json: updates, epochs, training
 seconds, the validation perplexity after each validation and the best, the test perplexity, the
-machine and the commit the run was made from.
+median logged training speed (tokens/s), the machine and the commit the run was made from.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 
 from gcnn.errors import ArgumentParser, GcnnError, run_cli
@@ -50,7 +51,15 @@ def summarize(directory: Path) -> dict:
         "best_valid_ppl": round(math.exp(best["valid_loss"]), 2),
         "best_step": best["step"],
         "test_ppl": round(test["perplexity"], 2),
+        # the training speed the run logged, its median over the log's intervals: what a change
+        # to the step did across a whole run (a benchmark times one fixed batch)
+        "tokens_per_s_median": median_speed(rows),
     }
+
+
+def median_speed(rows: list[dict]) -> float | None:
+    speeds = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
+    return round(statistics.median(speeds)) if speeds else None
 
 
 def header(directory: Path) -> str:

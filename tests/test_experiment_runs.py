@@ -179,8 +179,10 @@ def test_default_run_record_names_the_runs_commit_not_a_later_benchmarks(tmp_pat
     import summarize_default_run
 
     rows = [
-        {"step": 10, "epoch": 0.5, "wall_s": 5.0, "valid_loss": None},
-        {"step": 20, "epoch": 1.0, "wall_s": 9.0, "valid_loss": 5.0},
+        {"step": 10, "epoch": 0.5, "wall_s": 5.0, "valid_loss": None, "tokens_per_s": 900.0},
+        {"step": 15, "epoch": 0.7, "wall_s": 7.0, "valid_loss": None, "tokens_per_s": 1200.4},
+        {"step": 20, "epoch": 1.0, "wall_s": 9.0, "valid_loss": 5.0, "tokens_per_s": None},
+        {"step": 30, "epoch": 1.5, "wall_s": 14.0, "valid_loss": None, "tokens_per_s": 1100.0},
         {"step": 40, "epoch": 2.0, "wall_s": 19.0, "valid_loss": 4.5},
     ]
     (tmp_path / "default-metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -194,6 +196,7 @@ def test_default_run_record_names_the_runs_commit_not_a_later_benchmarks(tmp_pat
     assert record["commit"] == "aaaaaaa" and record["cpu"] == "Some CPU"
     assert (record["updates"], record["best_step"], record["test_ppl"]) == (40, 40, 99.12)
     assert record["valid_ppl"] == [{"step": 20, "ppl": 148.41}, {"step": 40, "ppl": 90.02}]
+    assert record["tokens_per_s_median"] == 1100  # of the rows that logged a speed
     # a record from before the header keeps the commit its default-run.json was written with
     (tmp_path / "default-train.txt").write_text("gcnn-8-small: ...\n")
     assert summarize_default_run.main([str(tmp_path)]) == 0
