@@ -57,7 +57,7 @@ def summarize(directory: Path) -> dict:
     }
 
 
-def median_speed(rows: list[dict]) -> float | None:
+def median_speed(rows: list[dict]) -> int | None:
     speeds = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
     return round(statistics.median(speeds)) if speeds else None
 

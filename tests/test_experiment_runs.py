@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gcnn.errors import GcnnError
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -219,3 +221,30 @@ def test_default_run_record_names_the_runs_commit_not_a_later_benchmarks(tmp_pat
     record = json.loads((tmp_path / "default-run.json").read_text())
     assert (record["command"], record["commit"]) == ("python train.py --seed 2", "ccccccc")
     capsys.readouterr()
+
+
+def test_default_runs_are_compared_paired_by_position(tmp_path, capsys):
+    """compare_default_runs.py: after/before ratios and before - after differences, paired one to
+    one, with an interval that says whether the change is separated from none."""
+    import compare_default_runs
+
+    def run(name, updates, speed, ppl):
+        d = tmp_path / name
+        d.mkdir()
+        record = {"updates": updates, "tokens_per_s_median": speed, "test_ppl": ppl}
+        (d / "default-run.json").write_text(json.dumps(record))
+        return str(d)
+
+    before = [run("b1", 1000, 100.0, 130.0), run("b2", 900, 90.0, 131.0)]
+    after = [run("a1", 1300, 130.0, 129.0), run("a2", 1150, 117.0, 131.5)]
+    out = tmp_path / "cmp.json"
+    args = ["--before", *before, "--after", *after, "--json", str(out)]
+    assert compare_default_runs.main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["updates"]["pairs"] == [[1000, 1300], [900, 1150]]
+    assert r["updates"]["mean"] == pytest.approx((1.3 + 1150 / 900) / 2)
+    assert r["updates"]["separated"] and r["tokens_per_s_median"]["separated"]
+    assert r["test_ppl"]["mean"] == pytest.approx(0.25) and not r["test_ppl"]["separated"]
+    assert "holds" in capsys.readouterr().out
+    with pytest.raises(GcnnError, match="pair them one to one"):
+        compare_default_runs.main(["--before", *before, "--after", after[0]])

@@ -73,9 +73,9 @@ def padded_length(n: int) -> int:
 
     A tail's rows are the batch's targets that fall in its cluster, a count that changes with
     every batch. oneDNN (torch's bf16 matrix products on a CPU) compiles a kernel for each
-    matrix shape it meets and keeps it: hundreds of row counts per tail made a 9-minute bf16
-    run grow to 3.4 GB, and re-compiling once the cache is full cost a third of the speed.
-    Padding the rows to a few lengths keeps the shapes, and the compiled kernels, few."""
+    matrix shape it meets and keeps it, so hundreds of row counts per tail filled memory and,
+    once its cache was full, re-compiled (docs/performance.md, "Training step"). Padding the
+    rows to a few lengths keeps the shapes, and the compiled kernels, few."""
     if n <= 8:
         return n and 8
     step = max(8, 1 << (n.bit_length() - 4))
